@@ -1,0 +1,115 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A monotonic source of time for in-process limiters: the time elapsed since the clock's
+/// own origin. Redis decisions never use it; they read Redis's `TIME`.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Time since the clock's origin. Never decreases.
+    fn now(&self) -> Duration;
+
+    /// [`now`](Self::now) in whole microseconds, the unit of [`crate::bucket`].
+    fn now_micros(&self) -> u64 {
+        // u64 microseconds last 584 000 years; saturate rather than wrap past that.
+        u64::try_from(self.now().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The real clock: [`Instant`] since the clock was made.
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl MonotonicClock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that moves only when told to, for deterministic tests. Clones share the same time.
+///
+/// ```
+/// use limiter_core::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let handle = clock.clone();
+/// handle.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.now(), Duration::from_millis(1500));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock stopped at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward by `by` (saturating at about 584 years).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // fetch_update never fails when the closure always returns Some.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    /// Moves the clock to `to`, if that is not earlier than now: time never runs backwards.
+    pub fn set(&self, to: Duration) {
+        let to = u64::try_from(to.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_max(to, Ordering::AcqRel);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_only_moves_forward() {
+        let c = ManualClock::new();
+        c.set(Duration::from_secs(5));
+        c.set(Duration::from_secs(3));
+        assert_eq!(c.now(), Duration::from_secs(5));
+        c.advance(Duration::from_micros(7));
+        assert_eq!(c.now_micros(), 5_000_007);
+        c.advance(Duration::MAX);
+        assert_eq!(c.now(), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn monotonic_clock_does_not_go_back() {
+        let c = MonotonicClock::new();
+        let a = c.now();
+        let b = c.now();
+        assert!(b >= a);
+    }
+}

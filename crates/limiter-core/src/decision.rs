@@ -1,0 +1,85 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Quota;
+use crate::bucket::Outcome;
+
+/// Which backend made a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Backend {
+    /// No backend: the policy is unlimited, or an outage policy answered without one.
+    None,
+    /// The in-process limiter.
+    Memory,
+    /// Redis, shared by every worker.
+    Redis,
+}
+
+impl Backend {
+    /// `"none"`, `"memory"` or `"redis"`, as in the HTTP API and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::None => "none",
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// The answer to one check. A denial is a decision, not an error.
+///
+/// The figures describe one quota of the policy (`quota` is its index): when allowed, the
+/// one with the fewest tokens left; when denied, the denying quota that frees up last, so
+/// `retry_after` is the true wait for the whole policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the request may proceed. When true its cost has been taken.
+    pub allowed: bool,
+    /// Capacity (largest burst) of the reported quota's bucket.
+    pub limit: u64,
+    /// Whole tokens left in that bucket after this request.
+    pub remaining: u64,
+    /// Time until that bucket is full again.
+    pub reset_after: Duration,
+    /// When denied: how long until the same request would be admitted. `None` when allowed.
+    pub retry_after: Option<Duration>,
+    /// Which backend decided.
+    pub backend: Backend,
+    /// True when the deciding backend stood in for an unavailable one (fallback mode).
+    pub degraded: bool,
+    /// Index of the reported quota in the policy; `None` for an unlimited policy.
+    pub quota: Option<usize>,
+}
+
+impl Decision {
+    /// The decision for an unlimited policy: allowed, with no backend consulted.
+    pub fn unlimited() -> Self {
+        Decision {
+            allowed: true,
+            limit: u64::MAX,
+            remaining: u64::MAX,
+            reset_after: Duration::ZERO,
+            retry_after: None,
+            backend: Backend::None,
+            degraded: false,
+            quota: None,
+        }
+    }
+
+    /// The decision for a [`bucket::check`](crate::bucket::check) outcome over `quotas`.
+    pub fn from_outcome(outcome: &Outcome, quotas: &[Quota], backend: Backend) -> Self {
+        Decision {
+            allowed: outcome.allowed,
+            limit: quotas.get(outcome.quota).map_or(0, Quota::capacity),
+            remaining: outcome.remaining,
+            reset_after: Duration::from_micros(outcome.reset_after_us),
+            retry_after: outcome.retry_after_us.map(Duration::from_micros),
+            backend,
+            degraded: false,
+            quota: Some(outcome.quota),
+        }
+    }
+}

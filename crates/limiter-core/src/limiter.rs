@@ -1,0 +1,47 @@
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{ClientKey, Decision, Error, Policy};
+
+/// The one interface of every backend: memory, Redis, the fallback, and any a user writes.
+///
+/// It is object-safe, so a server can hold an `Arc<dyn RateLimiter>` chosen from
+/// configuration at run time.
+///
+/// Contract for implementors:
+/// - an unlimited policy ([`Policy::is_unlimited`]) returns [`Decision::unlimited`] without
+///   touching storage;
+/// - a zero cost, or a cost above a quota's capacity, is an error
+///   ([`crate::bucket::validate`]), never a denial;
+/// - all quotas of the policy are checked all-or-nothing, with the math of
+///   [`crate::bucket::check`];
+/// - `Err` means "could not decide"; outages answer `true` to [`Error::is_unavailable`].
+#[async_trait]
+pub trait RateLimiter: Send + Sync + fmt::Debug {
+    /// Checks whether the client `key` may spend `cost` tokens under `policy` now and, if so,
+    /// takes them.
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error>;
+}
+
+#[async_trait]
+impl<T: RateLimiter + ?Sized> RateLimiter for Arc<T> {
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        (**self).check(key, policy, cost).await
+    }
+}
+
+#[async_trait]
+impl<T: RateLimiter + ?Sized> RateLimiter for Box<T> {
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        (**self).check(key, policy, cost).await
+    }
+}
+
+#[async_trait]
+impl<T: RateLimiter + ?Sized> RateLimiter for &T {
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        (**self).check(key, policy, cost).await
+    }
+}
