@@ -49,7 +49,7 @@ impl Quota {
         if tokens == 0 {
             return Err(Error::quota("limit must be at least 1 token per period"));
         }
-        if period.subsec_nanos() % 1_000 != 0 {
+        if !period.subsec_nanos().is_multiple_of(1_000) {
             return Err(Error::quota(format_args!(
                 "period {period:?} is not a whole number of microseconds"
             )));
@@ -172,9 +172,9 @@ impl fmt::Debug for Quota {
 impl fmt::Display for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self.period_us;
-        if p % 1_000_000 == 0 {
+        if p.is_multiple_of(1_000_000) {
             write!(f, "{}/{}s", self.tokens, p / 1_000_000)?;
-        } else if p % 1_000 == 0 {
+        } else if p.is_multiple_of(1_000) {
             write!(f, "{}/{}ms", self.tokens, p / 1_000)?;
         } else {
             write!(f, "{}/{}us", self.tokens, p)?;
