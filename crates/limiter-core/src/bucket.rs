@@ -47,22 +47,26 @@ impl BucketState {
         let max = quota.max_level();
         let missing = max.saturating_sub(self.level);
         let elapsed = now.saturating_sub(self.updated);
-        // Compare elapsed time with the time to fill up instead of multiplying first: the
-        // product could overflow after a long idle, the quotient cannot.
-        if elapsed >= missing.div_ceil(quota.refill()) {
-            max
-        } else {
-            // elapsed × refill < missing here, so neither this nor the sum overflows.
-            self.level + elapsed * quota.refill()
+        // elapsed × refill ≥ missing ⇔ elapsed ≥ ⌈missing / refill⌉: a multiply, not a
+        // division, on the hot path. An overflowing product is certainly ≥ missing.
+        match elapsed.checked_mul(quota.refill()) {
+            Some(gained) if gained < missing => self.level + gained,
+            _ => max,
         }
     }
 
-    /// When the bucket will be full again, in microseconds of the same clock: the expiry
-    /// time of its stored state, after which forgetting it loses nothing.
-    pub fn full_at(&self, quota: &Quota) -> u64 {
-        let missing = quota.max_level().saturating_sub(self.level);
-        self.updated
-            .saturating_add(missing.div_ceil(quota.refill()))
+    /// Microseconds from `updated` until the bucket is full: the expiry of its stored state,
+    /// after which forgetting it loses nothing.
+    pub fn full_after(&self, quota: &Quota) -> u64 {
+        quota
+            .max_level()
+            .saturating_sub(self.level)
+            .div_ceil(quota.refill())
+    }
+
+    /// True when the bucket is full at `now`: its state is worth nothing and may be forgotten.
+    pub fn is_full_at(&self, quota: &Quota, now: u64) -> bool {
+        self.level_at(quota, now) == quota.max_level()
     }
 }
 
@@ -115,6 +119,8 @@ pub fn check(
         )));
     }
 
+    // Divisions are the costly part of this function, so the allowed path of a one-quota
+    // policy does two (tokens left, time to full) and nothing else divides unless needed.
     let mut levels = [0u64; MAX_QUOTAS];
     let mut allowed = true;
     for ((q, s), level) in quotas.iter().zip(states.iter()).zip(levels.iter_mut()) {
@@ -122,48 +128,56 @@ pub fn check(
         // cost ≤ capacity (validated), so cost × unit ≤ max level: no overflow.
         allowed &= *level >= cost * q.unit();
     }
+    let levels = &mut levels[..quotas.len()];
 
-    // (quota index, remaining, reset_after, retry_after) of the quota to report.
-    let mut report: Option<(usize, u64, u64, u64)> = None;
-    for (i, ((q, s), &level)) in quotas
-        .iter()
-        .zip(states.iter_mut())
-        .zip(&levels)
-        .enumerate()
-    {
-        let need = cost * q.unit();
-        let after = if allowed { level - need } else { level };
-        let remaining = after / q.unit();
-        let reset = (q.max_level() - after).div_ceil(q.refill());
-        if allowed {
+    let reported = if allowed {
+        for ((q, s), level) in quotas.iter().zip(states.iter_mut()).zip(levels.iter_mut()) {
+            *level -= cost * q.unit();
             *s = BucketState {
-                level: after,
+                level: *level,
                 updated: now.max(s.updated),
             };
-            let better = match report {
-                None => true,
-                Some((_, r, reset_r, _)) => remaining < r || (remaining == r && reset > reset_r),
+        }
+        // The quota with the fewest whole tokens left; on a tie, the one that takes longest
+        // to fill up.
+        let mut best = 0;
+        if quotas.len() > 1 {
+            let key = |i: usize| {
+                let q = &quotas[i];
+                let missing = q.max_level() - levels[i];
+                (
+                    levels[i] / q.unit(),
+                    std::cmp::Reverse(missing.div_ceil(q.refill())),
+                )
             };
-            if better {
-                report = Some((i, remaining, reset, 0));
-            }
-        } else if level < need {
-            let retry = (need - level).div_ceil(q.refill());
-            if report.is_none_or(|(_, _, _, retry_r)| retry > retry_r) {
-                report = Some((i, remaining, reset, retry));
+            best = (0..quotas.len()).min_by_key(|&i| key(i)).unwrap_or(0);
+        }
+        best
+    } else {
+        // The denying quota that frees up last; on a tie, the first.
+        let mut best = (0, 0);
+        for (i, (q, &level)) in quotas.iter().zip(levels.iter()).enumerate() {
+            let need = cost * q.unit();
+            if level < need {
+                let wait = (need - level).div_ceil(q.refill());
+                if wait > best.1 || best.1 == 0 {
+                    best = (i, wait);
+                }
             }
         }
-    }
+        best.0
+    };
 
-    // `validate` guarantees at least one quota; an admitted request reports one of them and a
-    // denied one was denied by at least one.
-    let (quota, remaining, reset_after_us, retry) = report.unwrap_or_default();
+    let q = &quotas[reported];
+    let level = levels[reported];
+    let retry_after_us = (!allowed).then(|| (cost * q.unit() - level).div_ceil(q.refill()));
+    let reset_after_us = (q.max_level() - level).div_ceil(q.refill());
     Ok(Outcome {
         allowed,
-        quota,
-        remaining,
+        quota: reported,
+        remaining: level / q.unit(),
         reset_after_us,
-        retry_after_us: (!allowed).then_some(retry),
+        retry_after_us,
     })
 }
 
@@ -282,14 +296,7 @@ mod tests {
             updated: 0,
         };
         assert_eq!(s.level_at(&quotas[0], u64::MAX), quotas[0].max_level());
-        assert_eq!(
-            BucketState {
-                level: 0,
-                updated: u64::MAX - 1
-            }
-            .full_at(&quotas[0]),
-            u64::MAX
-        );
+        assert!(s.is_full_at(&quotas[0], u64::MAX));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A monotonic source of time for in-process limiters: the time elapsed since the clock's
 /// own origin. Redis decisions never use it; they read Redis's `TIME`.
@@ -16,18 +16,23 @@ pub trait Clock: Send + Sync + fmt::Debug {
     }
 }
 
-/// The real clock: [`Instant`] since the clock was made.
-#[derive(Clone, Copy, Debug)]
+/// The real clock: monotonic time since the clock was made.
+///
+/// It reads the CPU's time-stamp counter through [`quanta`] where that is stable, about
+/// twice as fast as `std::time::Instant` on the machines we measured, and falls back to
+/// the OS's monotonic clock where it is not.
+#[derive(Clone, Debug)]
 pub struct MonotonicClock {
-    origin: Instant,
+    clock: quanta::Clock,
+    origin: quanta::Instant,
 }
 
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
+        let clock = quanta::Clock::new();
+        let origin = clock.now();
+        Self { clock, origin }
     }
 }
 
@@ -39,7 +44,7 @@ impl Default for MonotonicClock {
 
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
-        self.origin.elapsed()
+        self.clock.now().saturating_duration_since(self.origin)
     }
 }
 

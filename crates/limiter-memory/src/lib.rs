@@ -1,5 +1,5 @@
-//! The in-process limiter: token buckets in a sharded map with a hard cap on tracked
-//! clients. Fast enough for the hot path, and the fallback when Redis is down.
+//! The in-process limiter: token buckets in a sharded map with a hard cap on how many it
+//! tracks. Fast enough for the hot path, and the fallback when Redis is down.
 //!
 //! ```
 //! use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies, Tier};
@@ -7,7 +7,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), limiter_core::Error> {
-//! let limiter = MemoryLimiter::new(MemoryConfig { max_clients: 100_000 })?;
+//! let limiter = MemoryLimiter::new(MemoryConfig { max_buckets: 100_000 })?;
 //! let tiers = TierPolicies::default();
 //! let key = ClientKeyHasher::new(b"a deployment secret of 16+ bytes")?.hash("198.51.100.4");
 //!
@@ -19,50 +19,52 @@
 //! ```
 //!
 //! # Memory bound
-//! At most [`MemoryConfig::max_clients`] buckets (one per client and policy) are tracked.
-//! The cap is split evenly over the shards (up to 64, by hash), and each shard keeps to its
-//! share. When a shard is full, a new client takes the place of an *idle* one first: a bucket that
-//! has refilled completely, whose state is worth nothing because a fresh bucket is
-//! identical. Only when no idle bucket can be found is an active one given up, the one
-//! closest to full (it loses the least). Idle buckets are also reclaimed a few at a time as
-//! new clients arrive, with no background thread; [`MemoryLimiter::purge_idle`] reclaims
-//! all of them at once for callers who want it on a timer.
+//! One bucket is tracked per client, policy and quota, 40 bytes each plus the hash table's
+//! slack, and never more than [`MemoryConfig::max_buckets`] of them. The cap is split evenly
+//! over the shards (up to 64, by hash), and each shard keeps to its share. When a shard is
+//! full, a newcomer takes the place of an *idle* bucket first: one that has refilled
+//! completely, whose state is worth nothing because a fresh bucket is identical. A full shard
+//! sweeps out all its idle buckets at once, as often as that stays cheap (its cost is spread
+//! over the evictions between sweeps); between sweeps it samples a few buckets and gives up
+//! the first idle one, or else the one closest to full, which loses the least. No background
+//! thread is needed; [`MemoryLimiter::purge_idle`] reclaims every idle bucket at once for
+//! callers who want memory back on a timer.
 
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use async_trait::async_trait;
-use indexmap::IndexMap;
+use hashbrown::HashTable;
 use limiter_core::bucket::{self, BucketState};
 use limiter_core::{
-    Backend, ClientKey, Clock, Decision, Error, MAX_QUOTAS, MonotonicClock, Policy, RateLimiter,
+    Backend, ClientKey, Clock, Decision, Error, MAX_QUOTAS, MonotonicClock, Policy, Quota,
+    RateLimiter,
 };
 use parking_lot::Mutex;
-use smallvec::SmallVec;
 
 /// Settings of a [`MemoryLimiter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryConfig {
-    /// Most buckets (client × policy) tracked at once. Each costs about 100 bytes, so the
-    /// default of 1,000,000 bounds the store near 100 MB. Must be at least 1.
-    pub max_clients: usize,
+    /// Most buckets tracked at once: one per client, policy and quota. Each costs 40 bytes
+    /// plus hash-table slack (under 100 bytes in all), so the default of 1,000,000 bounds the
+    /// store under 100 MB. Must be at least 1.
+    pub max_buckets: usize,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
-            max_clients: 1_000_000,
+            max_buckets: 1_000_000,
         }
     }
 }
 
-/// Entries a full shard looks at to find an idle one (or the one closest to idle) before
-/// giving up an active bucket, when a full sweep is not yet due.
+/// Buckets a full shard looks at for an idle one (or the one closest to idle) when a full
+/// sweep is not due.
 const EVICTION_SAMPLE: usize = 16;
 /// A full sweep of a shard for idle buckets is allowed once per `len / SWEEP_EVERY`
 /// evictions, so its O(len) cost stays O(SWEEP_EVERY) per eviction.
 const SWEEP_EVERY: usize = 8;
-/// Shards are powers of two, at most this many, with at least `MIN_SHARD_CAP` slots each.
+/// Shards are powers of two, at most this many, with at least `MIN_SHARD_CAP` places each.
 const MAX_SHARDS: usize = 64;
 const MIN_SHARD_CAP: usize = 32;
 
@@ -72,7 +74,7 @@ const MIN_SHARD_CAP: usize = 32;
 pub struct MemoryLimiter<C: Clock = MonotonicClock> {
     shards: Box<[Shard]>,
     shard_bits: u32,
-    max_clients: usize,
+    max_buckets: usize,
     clock: C,
 }
 
@@ -80,7 +82,7 @@ impl MemoryLimiter<MonotonicClock> {
     /// A limiter on the real monotonic clock.
     ///
     /// # Errors
-    /// [`Error::InvalidPolicy`] when `max_clients` is zero: such a store could decide nothing.
+    /// [`Error::InvalidPolicy`] when `max_buckets` is zero: such a store could decide nothing.
     pub fn new(config: MemoryConfig) -> Result<Self, Error> {
         Self::with_clock(config, MonotonicClock::new())
     }
@@ -92,10 +94,10 @@ impl<C: Clock> MemoryLimiter<C> {
     /// # Errors
     /// As for [`MemoryLimiter::new`].
     pub fn with_clock(config: MemoryConfig, clock: C) -> Result<Self, Error> {
-        let max = config.max_clients;
+        let max = config.max_buckets;
         if max == 0 {
             return Err(Error::InvalidPolicy {
-                reason: "max_clients must be at least 1".to_owned(),
+                reason: "max_buckets must be at least 1".to_owned(),
             });
         }
         let wanted = (max / MIN_SHARD_CAP).clamp(1, MAX_SHARDS);
@@ -109,7 +111,7 @@ impl<C: Clock> MemoryLimiter<C> {
         Ok(Self {
             shards,
             shard_bits,
-            max_clients: max,
+            max_buckets: max,
             clock,
         })
     }
@@ -129,31 +131,17 @@ impl<C: Clock> MemoryLimiter<C> {
             return Ok(Decision::unlimited());
         }
         let quotas = policy.quotas();
-        bucket::validate(quotas, cost)?;
-        let slot = SlotKey::new(key, policy);
+        // Every bucket of one check lives in the shard of (client, policy), under one lock,
+        // which is what makes a multi-quota check all-or-nothing.
+        let client = BucketKey::client(key, policy);
+        let hash = client.hash();
+        let shard = &self.shards[shard_index(hash, self.shard_bits)];
         let now = self.clock.now_micros();
-        let mut shard = self.shards[slot.shard(self.shard_bits)].inner.lock();
-
-        let outcome = match shard.map.get_mut(&slot) {
-            Some(entry) if entry.states.len() == quotas.len() => {
-                let outcome = bucket::check(quotas, &mut entry.states, now, cost)?;
-                if outcome.allowed {
-                    entry.refresh_full_at(quotas);
-                    let full_at = entry.full_at;
-                    shard.note_write(full_at);
-                }
-                outcome
-            }
-            _ => {
-                let mut entry = Entry {
-                    states: quotas.iter().map(|q| BucketState::full(q, now)).collect(),
-                    full_at: 0,
-                };
-                let outcome = bucket::check(quotas, &mut entry.states, now, cost)?;
-                entry.refresh_full_at(quotas);
-                shard.insert(slot, entry, now);
-                outcome
-            }
+        let mut shard = shard.inner.lock();
+        let outcome = if let [quota] = quotas {
+            shard.check_one(client, hash, quota, now, cost)?
+        } else {
+            shard.check_many(client, quotas, now, cost)?
         };
         drop(shard);
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Memory))
@@ -161,7 +149,7 @@ impl<C: Clock> MemoryLimiter<C> {
 
     /// Buckets tracked now, idle ones included until they are reclaimed.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.inner.lock().map.len()).sum()
+        self.shards.iter().map(|s| s.inner.lock().table.len()).sum()
     }
 
     /// True when no bucket is tracked.
@@ -170,12 +158,12 @@ impl<C: Clock> MemoryLimiter<C> {
     }
 
     /// The hard cap on tracked buckets.
-    pub fn max_clients(&self) -> usize {
-        self.max_clients
+    pub fn max_buckets(&self) -> usize {
+        self.max_buckets
     }
 
     /// Forgets every idle (fully refilled) bucket now, one shard at a time, and returns how
-    /// many were removed. Nothing requires calling it; it lets memory be reclaimed on a timer.
+    /// many were removed. Nothing requires calling it; it gives memory back on a timer.
     pub fn purge_idle(&self) -> usize {
         let now = self.clock.now_micros();
         self.shards.iter().map(|s| s.inner.lock().sweep(now)).sum()
@@ -197,14 +185,14 @@ impl<C: Clock> RateLimiter for MemoryLimiter<C> {
 impl<C: Clock> fmt::Debug for MemoryLimiter<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryLimiter")
-            .field("max_clients", &self.max_clients)
+            .field("max_buckets", &self.max_buckets)
             .field("shards", &self.shards.len())
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
 
-/// One lock's worth of buckets, padded so neighbouring shards' locks do not share a cache
+/// One lock's worth of buckets, aligned so neighbouring shards' locks do not share a cache
 /// line.
 #[repr(align(128))]
 struct Shard {
@@ -215,9 +203,8 @@ impl Shard {
     fn new(cap: usize) -> Self {
         Self {
             inner: Mutex::new(ShardMap {
-                map: IndexMap::default(),
+                table: HashTable::new(),
                 cap,
-                hand: 0,
                 evictions_since_sweep: usize::MAX,
                 no_idle_before: u64::MAX,
             }),
@@ -226,175 +213,198 @@ impl Shard {
 }
 
 struct ShardMap {
-    map: IndexMap<SlotKey, Entry, BuildHasherDefault<PrehashedHasher>>,
+    table: HashTable<Entry>,
     cap: usize,
-    /// Where the next eviction or reclamation step looks, as an index into `map`.
-    hand: usize,
     evictions_since_sweep: usize,
-    /// No bucket in this shard can be idle before this time (µs): the minimum `full_at`
-    /// written since the last full sweep. Saves sweeping when nothing can be found.
+    /// No bucket in this shard can be idle before this time (µs): the earliest `full_at`
+    /// written since the last sweep. Saves sweeping when nothing could be found.
     no_idle_before: u64,
 }
 
+/// One bucket: 40 bytes.
+struct Entry {
+    key: BucketKey,
+    /// When the bucket is full again (µs): from then on it is idle.
+    full_at: u64,
+    state: BucketState,
+}
+
 impl ShardMap {
+    /// A one-quota policy: one lookup, the math on the stored state in place. `hash` is
+    /// `key.hash()`, already computed to pick the shard.
+    #[inline]
+    fn check_one(
+        &mut self,
+        key: BucketKey,
+        hash: u64,
+        quota: &Quota,
+        now: u64,
+        cost: u64,
+    ) -> Result<bucket::Outcome, Error> {
+        let quotas = std::slice::from_ref(quota);
+        if let Some(entry) = self.table.find_mut(hash, |e| e.key == key) {
+            let outcome = bucket::check(quotas, std::slice::from_mut(&mut entry.state), now, cost)?;
+            if outcome.allowed {
+                // With one quota the reported quota is this one: reset_after is its time to full.
+                entry.full_at = now.saturating_add(outcome.reset_after_us);
+                let full_at = entry.full_at;
+                self.note_write(full_at);
+            }
+            return Ok(outcome);
+        }
+        let mut state = BucketState::full(quota, now);
+        let outcome = bucket::check(quotas, std::slice::from_mut(&mut state), now, cost)?;
+        let full_at = now.saturating_add(outcome.reset_after_us);
+        self.insert(
+            hash,
+            Entry {
+                key,
+                full_at,
+                state,
+            },
+            now,
+        );
+        Ok(outcome)
+    }
+
+    /// Several quotas: gather their states, decide, and write back only when admitted.
+    fn check_many(
+        &mut self,
+        client: BucketKey,
+        quotas: &[Quota],
+        now: u64,
+        cost: u64,
+    ) -> Result<bucket::Outcome, Error> {
+        let n = quotas.len().min(MAX_QUOTAS);
+        let mut states = [BucketState {
+            level: 0,
+            updated: 0,
+        }; MAX_QUOTAS];
+        for (i, (q, s)) in quotas.iter().zip(&mut states[..n]).enumerate() {
+            let key = client.quota(i);
+            *s = match self.table.find(key.hash(), |e| e.key == key) {
+                Some(e) => e.state,
+                None => BucketState::full(q, now),
+            };
+        }
+        let outcome = bucket::check(quotas, &mut states[..n], now, cost)?;
+        if outcome.allowed {
+            for (i, (q, &state)) in quotas.iter().zip(&states[..n]).enumerate() {
+                let key = client.quota(i);
+                let hash = key.hash();
+                let full_at = now.saturating_add(state.full_after(q));
+                self.note_write(full_at);
+                match self.table.find_mut(hash, |e| e.key == key) {
+                    Some(e) => (e.state, e.full_at) = (state, full_at),
+                    None => self.insert(
+                        hash,
+                        Entry {
+                            key,
+                            full_at,
+                            state,
+                        },
+                        now,
+                    ),
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
     fn note_write(&mut self, full_at: u64) {
         self.no_idle_before = self.no_idle_before.min(full_at);
     }
 
-    fn insert(&mut self, slot: SlotKey, entry: Entry, now: u64) {
+    fn insert(&mut self, hash: u64, entry: Entry, now: u64) {
         self.note_write(entry.full_at);
-        if self.map.len() < self.cap {
-            self.reclaim_step(now);
-        } else {
+        if self.table.len() >= self.cap {
             let sweep_due = now >= self.no_idle_before
-                && self.evictions_since_sweep.saturating_mul(SWEEP_EVERY) >= self.map.len();
+                && self.evictions_since_sweep.saturating_mul(SWEEP_EVERY) >= self.table.len();
             if sweep_due {
                 self.sweep(now);
             }
-            if self.map.len() >= self.cap {
+            if self.table.len() >= self.cap {
                 self.evict_one(now);
                 self.evictions_since_sweep = self.evictions_since_sweep.saturating_add(1);
             }
         }
-        self.map.insert(slot, entry);
+        self.table.insert_unique(hash, entry, |e| e.key.hash());
     }
 
     /// Removes every idle bucket; records when the next one can appear.
     fn sweep(&mut self, now: u64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, e| e.full_at > now);
+        let before = self.table.len();
+        self.table.retain(|e| e.full_at > now);
         self.no_idle_before = self
-            .map
-            .values()
+            .table
+            .iter()
             .map(|e| e.full_at)
             .min()
             .unwrap_or(u64::MAX);
         self.evictions_since_sweep = 0;
-        before - self.map.len()
+        before - self.table.len()
     }
 
-    /// Makes room for one: the first idle bucket among a sample at the hand, or else the
-    /// sampled bucket closest to full.
+    /// Makes room for one: the first idle bucket among a sample, or else the sampled bucket
+    /// closest to full (it loses the least). The sample is the first entries in table order,
+    /// which is hash order: clients at random, whatever their activity.
     fn evict_one(&mut self, now: u64) {
-        let len = self.map.len();
-        if len == 0 {
-            return;
-        }
-        let mut victim = self.hand % len;
-        let mut victim_full_at = u64::MAX;
-        for step in 0..EVICTION_SAMPLE.min(len) {
-            let i = (self.hand + step) % len;
-            let Some((_, e)) = self.map.get_index(i) else {
-                break;
-            };
-            if e.full_at < victim_full_at {
-                (victim, victim_full_at) = (i, e.full_at);
+        let mut victim: Option<(BucketKey, u64)> = None;
+        for e in self.table.iter().take(EVICTION_SAMPLE) {
+            if victim.is_none_or(|(_, full_at)| e.full_at < full_at) {
+                victim = Some((e.key, e.full_at));
             }
             if e.full_at <= now {
                 break;
             }
         }
-        self.map.swap_remove_index(victim);
-        self.hand = victim + 1;
-    }
-
-    /// Looks at the bucket under the hand and forgets it if idle: O(1) work per new client
-    /// that keeps idle buckets from lingering.
-    fn reclaim_step(&mut self, now: u64) {
-        let len = self.map.len();
-        if len == 0 {
-            return;
-        }
-        let i = self.hand % len;
-        if self.map.get_index(i).is_some_and(|(_, e)| e.full_at <= now) {
-            self.map.swap_remove_index(i);
-            self.hand = i;
-        } else {
-            self.hand = i + 1;
+        if let Some((key, _)) = victim
+            && let Ok(found) = self.table.find_entry(key.hash(), |e| e.key == key)
+        {
+            found.remove();
         }
     }
 }
 
-/// The buckets of one client under one policy.
-struct Entry {
-    states: SmallVec<[BucketState; 2]>,
-    /// When every bucket is full again (µs): from then on the entry is idle.
-    full_at: u64,
-}
-
-impl Entry {
-    fn refresh_full_at(&mut self, quotas: &[limiter_core::Quota]) {
-        self.full_at = quotas
-            .iter()
-            .zip(&self.states)
-            .map(|(q, s)| s.full_at(q))
-            .max()
-            .unwrap_or(0);
-    }
-}
-
-const _: () = assert!(
-    MAX_QUOTAS >= 2,
-    "SmallVec inline size assumes two quotas is common"
-);
-
-/// A client under a policy, with its hash computed once.
+/// A bucket's identity folded into 128 bits: the client key XOR a 128-bit value drawn from
+/// the policy id and the quota's index. For one policy and quota this is a bijection on
+/// client keys, so two clients never share a bucket; two different (policy, quota) pairs
+/// meet only if two HMAC outputs differ by exactly the XOR of their values: a 2^-128 chance.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct SlotKey {
-    client: u128,
-    policy: u64,
-    hash: u64,
-}
+struct BucketKey([u64; 2]);
 
-impl SlotKey {
-    fn new(key: &ClientKey, policy: &Policy) -> Self {
+impl BucketKey {
+    /// The key of a client's first quota under `policy`; its hash also picks the shard.
+    fn client(key: &ClientKey, policy: &Policy) -> Self {
         let client = key.as_u128();
-        // Client keys are HMAC output, but callers may build them from small integers;
-        // a full 64-bit finalizer (splitmix64's) spreads any input over every bit.
-        let mut h = (client as u64) ^ ((client >> 64) as u64).rotate_left(29) ^ policy.id();
+        let p = policy.id();
+        Self([
+            (client >> 64) as u64 ^ p,
+            client as u64 ^ p.rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ])
+    }
+
+    /// The key of quota `index` of the same client and policy.
+    fn quota(self, index: usize) -> Self {
+        let i = index as u64;
+        Self([self.0[0], self.0[1] ^ i.wrapping_mul(0xd6e8_feb8_6659_fd93)])
+    }
+
+    /// splitmix64's finalizer over both halves: client keys are HMAC output, but callers may
+    /// build them from small integers, and the shard and the table both need well-spread bits.
+    fn hash(self) -> u64 {
+        let mut h = self.0[0] ^ self.0[1].rotate_left(29);
         h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^= h >> 31;
-        Self {
-            client,
-            policy: policy.id(),
-            hash: h,
-        }
-    }
-
-    /// The top bits pick the shard; the map gets the hash rotated so that its bucket index
-    /// (low bits) and tag (top 7 bits) are independent of the shard.
-    fn shard(&self, bits: u32) -> usize {
-        self.hash.checked_shr(u64::BITS - bits).unwrap_or(0) as usize
+        h ^ (h >> 31)
     }
 }
 
-impl Hash for SlotKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash.rotate_left(32));
-    }
-}
-
-/// Passes a precomputed 64-bit hash through.
-#[derive(Default)]
-struct PrehashedHasher(u64);
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write_u64(&mut self, h: u64) {
-        self.0 = h;
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `SlotKey` is hashed here, and it calls `write_u64`; fold anything else in
-        // correctly all the same.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
+/// The shard of a hash, from bits 32 and up: a shard's table takes its slot index from the
+/// low bits and a tag from the top 7, so the shard must use neither or they would be
+/// constant within a shard.
+fn shard_index(hash: u64, bits: u32) -> usize {
+    ((hash >> 32) & ((1 << bits) - 1)) as usize
 }
 
 #[cfg(test)]
@@ -406,7 +416,7 @@ mod tests {
     fn limiter(max: usize) -> (MemoryLimiter<ManualClock>, ManualClock) {
         let clock = ManualClock::new();
         let l =
-            MemoryLimiter::with_clock(MemoryConfig { max_clients: max }, clock.clone()).unwrap();
+            MemoryLimiter::with_clock(MemoryConfig { max_buckets: max }, clock.clone()).unwrap();
         (l, clock)
     }
 
@@ -423,7 +433,7 @@ mod tests {
 
     #[test]
     fn zero_cap_is_an_error() {
-        assert!(MemoryLimiter::new(MemoryConfig { max_clients: 0 }).is_err());
+        assert!(MemoryLimiter::new(MemoryConfig { max_buckets: 0 }).is_err());
     }
 
     #[test]
@@ -464,12 +474,5 @@ mod tests {
         assert!(l.check_sync(&key, &a, 1).unwrap().allowed);
         assert!(!l.check_sync(&key, &a, 1).unwrap().allowed);
         assert!(l.check_sync(&key, &b, 1).unwrap().allowed);
-    }
-
-    #[test]
-    fn prehashed_hasher_folds_bytes() {
-        let mut h = PrehashedHasher::default();
-        h.write(b"ab");
-        assert_ne!(h.finish(), 0);
     }
 }

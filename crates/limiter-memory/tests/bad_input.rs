@@ -12,7 +12,7 @@ use limiter_memory::{MemoryConfig, MemoryLimiter};
 fn any_client_id_hashes_and_is_limited() {
     let hasher = ClientKeyHasher::new(b"bad-input-test-secret-0123").unwrap();
     let limiter =
-        MemoryLimiter::with_clock(MemoryConfig { max_clients: 100 }, ManualClock::new()).unwrap();
+        MemoryLimiter::with_clock(MemoryConfig { max_buckets: 100 }, ManualClock::new()).unwrap();
     let policy = Policy::new("p", [Quota::per_minute(1).unwrap()]).unwrap();
     let ids: Vec<Vec<u8>> = vec![
         Vec::new(),
@@ -38,7 +38,7 @@ fn any_client_id_hashes_and_is_limited() {
 #[test]
 fn zero_huge_and_overflowing_costs_are_errors() {
     let limiter =
-        MemoryLimiter::with_clock(MemoryConfig { max_clients: 10 }, ManualClock::new()).unwrap();
+        MemoryLimiter::with_clock(MemoryConfig { max_buckets: 10 }, ManualClock::new()).unwrap();
     let policy = Policy::new(
         "p",
         [
@@ -87,7 +87,7 @@ fn nonsense_quotas_are_errors() {
 #[test]
 fn unlimited_policies_track_nothing() {
     let limiter =
-        MemoryLimiter::with_clock(MemoryConfig { max_clients: 10 }, ManualClock::new()).unwrap();
+        MemoryLimiter::with_clock(MemoryConfig { max_buckets: 10 }, ManualClock::new()).unwrap();
     let admin = Policy::unlimited("admin").unwrap();
     for cost in [1, u64::MAX] {
         let d = limiter.check_sync(&1u128.into(), &admin, cost).unwrap();

@@ -14,7 +14,7 @@ use limiter_memory::{MemoryConfig, MemoryLimiter};
 
 fn frozen(capacity: u64) -> (Arc<MemoryLimiter<ManualClock>>, Policy) {
     let limiter =
-        MemoryLimiter::with_clock(MemoryConfig { max_clients: 1_000 }, ManualClock::new()).unwrap();
+        MemoryLimiter::with_clock(MemoryConfig { max_buckets: 1_000 }, ManualClock::new()).unwrap();
     let policy = Policy::new("hot", [Quota::per_minute(capacity).unwrap()]).unwrap();
     (Arc::new(limiter), policy)
 }

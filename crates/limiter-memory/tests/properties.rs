@@ -85,7 +85,7 @@ proptest! {
         steps in trace(),
     ) {
         let clock = ManualClock::new();
-        let limiter = MemoryLimiter::with_clock(MemoryConfig { max_clients: 4 }, clock.clone()).unwrap();
+        let limiter = MemoryLimiter::with_clock(MemoryConfig { max_buckets: 4 }, clock.clone()).unwrap();
         let policy = Policy::new("prop", quotas.clone()).unwrap();
         let mut models: Vec<Model> = quotas.iter().copied().map(Model::new).collect();
         let smallest = quotas.iter().map(Quota::capacity).min().unwrap();
@@ -120,7 +120,7 @@ proptest! {
     #[test]
     fn never_admits_more_than_capacity_plus_refill(q in quota(), steps in trace()) {
         let clock = ManualClock::new();
-        let limiter = MemoryLimiter::with_clock(MemoryConfig { max_clients: 4 }, clock.clone()).unwrap();
+        let limiter = MemoryLimiter::with_clock(MemoryConfig { max_buckets: 4 }, clock.clone()).unwrap();
         let policy = Policy::new("prop", [q]).unwrap();
         let key = 5u128.into();
         let mut admitted: Vec<(u64, u64)> = Vec::new(); // (time µs, cost)

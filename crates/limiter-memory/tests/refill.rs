@@ -13,7 +13,7 @@ use limiter_memory::{MemoryConfig, MemoryLimiter};
 fn limiter() -> (MemoryLimiter<ManualClock>, ManualClock) {
     let clock = ManualClock::new();
     let limiter =
-        MemoryLimiter::with_clock(MemoryConfig { max_clients: 16 }, clock.clone()).unwrap();
+        MemoryLimiter::with_clock(MemoryConfig { max_buckets: 16 }, clock.clone()).unwrap();
     (limiter, clock)
 }
 
