@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: the README's test command.
 # Whatever the tests need is set up here, so a plain checkout passes with nothing else done.
+#
+# The Redis tests talk to a real Redis: the one at REDIS_URL if set, otherwise containers
+# started by testcontainers from the local images that scripts/images.sh builds when no
+# registry can provide them. If neither can be had the Redis tests fail, saying what to
+# install; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +14,15 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-exec cargo test --workspace "$@"
+images=ok
+if [ -z "${REDIS_URL:-}" ]; then
+    scripts/images.sh || images=failed
+fi
+
+status=0
+cargo test --workspace "$@" || status=$?
+if [ "$images" = failed ]; then
+    echo "error: the Redis images could not be prepared (see above); the Redis tests need Docker" >&2
+    status=1
+fi
+exit "$status"

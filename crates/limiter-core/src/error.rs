@@ -45,6 +45,12 @@ pub enum Error {
         /// What is wrong (never the secret itself).
         reason: &'static str,
     },
+    /// A backend's configuration is unusable (a malformed URL, a zero pool size).
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong, naming the setting (never a password).
+        reason: String,
+    },
     /// A tier name did not parse.
     #[error("unknown tier (expected anonymous, api_key, premium or admin)")]
     UnknownTier,
@@ -115,6 +121,7 @@ impl Error {
                 | Self::ZeroCost
                 | Self::InsufficientCapacity { .. }
                 | Self::InvalidSecret { .. }
+                | Self::InvalidConfig { .. }
                 | Self::UnknownTier
         )
     }

@@ -82,7 +82,7 @@ impl MemoryLimiter<MonotonicClock> {
     /// A limiter on the real monotonic clock.
     ///
     /// # Errors
-    /// [`Error::InvalidPolicy`] when `max_buckets` is zero: such a store could decide nothing.
+    /// [`Error::InvalidConfig`] when `max_buckets` is zero: such a store could decide nothing.
     pub fn new(config: MemoryConfig) -> Result<Self, Error> {
         Self::with_clock(config, MonotonicClock::new())
     }
@@ -96,7 +96,7 @@ impl<C: Clock> MemoryLimiter<C> {
     pub fn with_clock(config: MemoryConfig, clock: C) -> Result<Self, Error> {
         let max = config.max_buckets;
         if max == 0 {
-            return Err(Error::InvalidPolicy {
+            return Err(Error::InvalidConfig {
                 reason: "max_buckets must be at least 1".to_owned(),
             });
         }

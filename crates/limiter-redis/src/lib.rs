@@ -1,0 +1,428 @@
+//! Token buckets shared by every worker, decided atomically inside Redis.
+//!
+//! Each check is one `EVALSHA` of [`SCRIPT`] (`lua/token_bucket.lua`, the transliteration of
+//! [`limiter_core::bucket::check`]) over every quota of the client's policy. Time is Redis's
+//! `TIME`; keys carry a TTL equal to their time to refill, so idle clients cost nothing.
+//!
+//! ```no_run
+//! use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
+//! use limiter_redis::{RedisConfig, RedisLimiter};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), limiter_core::Error> {
+//! let limiter = RedisLimiter::new(RedisConfig::from_url("redis://127.0.0.1:6379"))?;
+//! let hasher = ClientKeyHasher::new(std::env::var("RATELIMIT_HASH_SECRET").unwrap_or_default())?;
+//! let tiers = TierPolicies::default();
+//!
+//! let decision = limiter.check(&hasher.hash("203.0.113.9"), tiers.get(Tier::Anonymous), 1).await?;
+//! println!("allowed: {}, remaining: {}", decision.allowed, decision.remaining);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Keys
+//! `rl:{<hash>}:<policy>:<tokens>-<period µs>-<capacity>`, one per quota, where `<hash>` is the
+//! client's [`ClientKey`] in hex: never the raw ID. The `{<hash>}` hash tag puts every key of
+//! one client on one Redis Cluster slot, so the script runs unchanged on a cluster. The
+//! quota's numbers are part of the key, so changing a policy starts fresh buckets instead of
+//! reading state kept in other units.
+//!
+//! # Connections
+//! The limiter keeps [`RedisConfig::connections`] multiplexed connections open and spreads
+//! checks over them; each carries many checks at once. The `deadpool-redis` pool creates
+//! and replaces them (bounded by its wait and connect timeouts): checking a connection out of
+//! the pool for every call would cost a recycling round trip each time. A connection that
+//! fails with an outage error is dropped and replaced on next use.
+//!
+//! # Errors
+//! Every check is bounded by [`RedisConfig::timeout`]. Refused, dropped and timed-out
+//! connections, an exhausted pool, and Redis saying it cannot serve (`LOADING`, `BUSY`,
+//! `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, `READONLY`) are [`Error::is_unavailable`]; any
+//! other failure (a script error, a reply of the wrong shape) is [`Error::Backend`]: a bug
+//! or a misconfiguration, which a fallback should report, not hide.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{
+    AsyncConnectionConfig, ErrorKind, RedisError, Script, ServerErrorKind,
+};
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use limiter_core::bucket::{self, Outcome};
+use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
+use parking_lot::Mutex;
+
+/// The `redis` crate this backend is built on, so users share one version.
+pub use deadpool_redis::redis;
+
+/// The token-bucket script, `lua/token_bucket.lua`: its header states the contract.
+pub const SCRIPT: &str = include_str!("../../../lua/token_bucket.lua");
+
+const BACKEND: &str = "redis";
+
+/// Settings of a [`RedisLimiter`]. Every wait is bounded by default: no call waits forever.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` with TLS support compiled in).
+    pub url: String,
+    /// Multiplexed connections kept open; checks are spread over them. Default 4.
+    pub connections: usize,
+    /// Longest wait for the pool to hand out a new connection. Default 50 ms.
+    pub pool_wait_timeout: Duration,
+    /// Longest wait to open a connection. Default 250 ms.
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply on an open connection. Default 250 ms.
+    pub response_timeout: Duration,
+    /// Deadline of a whole check: connecting, the script and its reply. Default 500 ms.
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults, for the Redis at `url`.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connections: 4,
+            pool_wait_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(250),
+            response_timeout: Duration::from_millis(250),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Prints the URL without its password.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redacted(&self.url))
+            .field("connections", &self.connections)
+            .field("pool_wait_timeout", &self.pool_wait_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The Redis backend. See the [crate docs](crate).
+pub struct RedisLimiter {
+    pool: Pool,
+    slots: Box<[Slot]>,
+    next_slot: AtomicUsize,
+    generation: AtomicU64,
+    script: Script,
+    config: RedisConfig,
+}
+
+/// One kept connection, tagged with a generation so that a failure on an old connection
+/// never throws away its replacement.
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+}
+
+impl RedisLimiter {
+    /// A limiter for the Redis at `config.url`. Connections open on first use, so a worker
+    /// starts even while Redis is down.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a malformed URL or zero connections.
+    pub fn new(config: RedisConfig) -> Result<Self, Error> {
+        if config.connections == 0 {
+            return Err(invalid("connections must be at least 1"));
+        }
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
+        let manager = Manager::new_with_config(config.url.as_str(), connection)
+            .map_err(|e| invalid(format_args!("url {}: {e}", redacted(&config.url))))?;
+        let pool = Pool::builder(manager)
+            .max_size(config.connections)
+            .wait_timeout(Some(config.pool_wait_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.response_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| invalid(format_args!("connection pool: {e}")))?;
+        Ok(Self {
+            pool,
+            slots: (0..config.connections).map(|_| Slot::default()).collect(),
+            next_slot: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            script: Script::new(SCRIPT),
+            config,
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The Redis keys of `client`'s buckets under `policy`, one per quota, in order.
+    pub fn bucket_keys(client: &ClientKey, policy: &Policy) -> Vec<String> {
+        policy
+            .quotas()
+            .iter()
+            .map(|q| bucket_key(client, policy, q))
+            .collect()
+    }
+
+    /// Opens every connection now and checks that Redis answers, instead of on first use.
+    ///
+    /// # Errors
+    /// As for [`RateLimiter::check`]: unavailable when Redis cannot be reached in time.
+    pub async fn warm_up(&self) -> Result<(), Error> {
+        for i in 0..self.slots.len() {
+            let (generation, mut conn) = self.connection(i).await?;
+            let pong = tokio::time::timeout(
+                self.config.timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+            .map_err(|_| self.timed_out())?;
+            if let Err(e) = pong {
+                return Err(self.failed(i, generation, e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, client: &ClientKey, policy: &Policy, cost: u64) -> Result<[i64; 5], Error> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(cost);
+        for q in policy.quotas() {
+            invocation
+                .key(bucket_key(client, policy, q))
+                .arg(q.unit())
+                .arg(q.refill())
+                .arg(q.max_level());
+        }
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let (generation, mut conn) = self.connection(i).await?;
+        // On NOSCRIPT (a restart, a SCRIPT FLUSH, a failover) this loads the script and
+        // retries once, by itself.
+        match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+            Ok(reply) => <[i64; 5]>::try_from(reply).map_err(|reply| {
+                Error::backend(
+                    BACKEND,
+                    format!("script replied {} values, expected 5", reply.len()),
+                )
+            }),
+            Err(e) => Err(self.failed(i, generation, e)),
+        }
+    }
+
+    /// The connection of slot `i`, opened through the pool if the slot is empty.
+    async fn connection(&self, i: usize) -> Result<(u64, MultiplexedConnection), Error> {
+        if let Some(kept) = self.slots[i].conn.lock().clone() {
+            return Ok(kept);
+        }
+        let pooled = self.pool.get().await.map_err(classify_pool)?;
+        let conn = deadpool_redis::Connection::take(pooled);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        *self.slots[i].conn.lock() = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Classifies a failure on slot `i`'s connection and drops that connection if the failure
+    /// means it is no longer usable.
+    fn failed(&self, i: usize, generation: u64, e: RedisError) -> Error {
+        let error = classify(e);
+        if error.is_unavailable() {
+            let mut slot = self.slots[i].conn.lock();
+            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *slot = None;
+            }
+        }
+        error
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            backend: BACKEND,
+            after: self.config.timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        if policy.is_unlimited() {
+            return Ok(Decision::unlimited());
+        }
+        let quotas = policy.quotas();
+        bucket::validate(quotas, cost)?;
+        let reply = tokio::time::timeout(self.config.timeout, self.run(key, policy, cost))
+            .await
+            .map_err(|_| self.timed_out())??;
+        let outcome = parse_reply(reply, quotas.len())?;
+        Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
+    }
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("config", &self.config)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bucket_key(client: &ClientKey, policy: &Policy, q: &Quota) -> String {
+    format!(
+        "rl:{{{client}}}:{}:{}-{}-{}",
+        policy.name(),
+        q.tokens(),
+        q.period_micros(),
+        q.capacity()
+    )
+}
+
+/// The script's reply as an [`Outcome`], refusing anything out of range.
+fn parse_reply(reply: [i64; 5], quotas: usize) -> Result<Outcome, Error> {
+    let [allowed, quota, remaining, reset, retry] = reply;
+    let bad = || Error::backend(BACKEND, format!("script replied {reply:?}, out of range"));
+    let allowed = match allowed {
+        0 => false,
+        1 => true,
+        _ => return Err(bad()),
+    };
+    let quota = usize::try_from(quota)
+        .ok()
+        .filter(|&q| q < quotas)
+        .ok_or_else(bad)?;
+    let remaining = u64::try_from(remaining).map_err(|_| bad())?;
+    let reset_after_us = u64::try_from(reset).map_err(|_| bad())?;
+    let retry_after_us = match (allowed, retry) {
+        (true, -1) => None,
+        (false, r) if r > 0 => Some(r.unsigned_abs()),
+        _ => return Err(bad()),
+    };
+    Ok(Outcome {
+        allowed,
+        quota,
+        remaining,
+        reset_after_us,
+        retry_after_us,
+    })
+}
+
+/// Outage or not: by the error's kind and predicates, never its message.
+fn classify(e: RedisError) -> Error {
+    let cannot_serve = matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::ReadOnly
+        ) | ErrorKind::ClusterConnectionNotFound
+    ) || e.code() == Some("BUSY");
+    if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || cannot_serve
+    {
+        Error::unavailable(BACKEND, e)
+    } else {
+        Error::backend(BACKEND, e)
+    }
+}
+
+fn classify_pool(e: PoolError) -> Error {
+    match e {
+        PoolError::Backend(e) => classify(e),
+        PoolError::Timeout(_) | PoolError::Closed => Error::unavailable(BACKEND, e),
+        other => Error::backend(BACKEND, other),
+    }
+}
+
+fn invalid(reason: impl fmt::Display) -> Error {
+    Error::InvalidConfig {
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_print_their_password() {
+        let config = RedisConfig::from_url("redis://worker:s3cret@10.0.0.7:6379/2");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>@10.0.0.7:6379/2"), "{shown}");
+        let err =
+            RedisLimiter::new(RedisConfig::from_url("redis://u:s3cret@[::1:bad")).unwrap_err();
+        assert!(err.is_invalid_input());
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn keys_hold_the_hash_tag_and_never_the_raw_id() {
+        let policy = Policy::new(
+            "api",
+            [
+                Quota::per_second(10).unwrap(),
+                Quota::per_hour(5000).unwrap(),
+            ],
+        )
+        .unwrap();
+        let client = ClientKey::from(0xabcd_u128);
+        let keys = RedisLimiter::bucket_keys(&client, &policy);
+        assert_eq!(
+            keys,
+            [
+                "rl:{0000000000000000000000000000abcd}:api:10-1000000-10",
+                "rl:{0000000000000000000000000000abcd}:api:5000-3600000000-5000",
+            ]
+        );
+    }
+
+    #[test]
+    fn replies_out_of_range_are_backend_errors() {
+        assert!(parse_reply([1, 0, 5, 10, -1], 1).is_ok());
+        assert!(parse_reply([0, 1, 0, 10, 7], 2).is_ok());
+        for bad in [
+            [2, 0, 5, 10, -1],
+            [1, 1, 5, 10, -1],
+            [1, 0, -5, 10, -1],
+            [1, 0, 5, -10, -1],
+            [1, 0, 5, 10, 3],
+            [0, 0, 5, 10, -1],
+            [0, 0, 5, 10, 0],
+        ] {
+            let err = parse_reply(bad, 1).unwrap_err();
+            assert!(
+                !err.is_unavailable() && !err.is_invalid_input(),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_connections_is_an_error() {
+        let mut config = RedisConfig::from_url("redis://127.0.0.1:6379");
+        config.connections = 0;
+        assert!(RedisLimiter::new(config).unwrap_err().is_invalid_input());
+    }
+}

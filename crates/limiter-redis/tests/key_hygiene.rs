@@ -1,0 +1,76 @@
+//! After a run, Redis holds no raw client ID, every key is hash-tagged, and every key
+//! expires no later than its bucket is full again.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+mod support;
+
+use limiter_core::{ClientKeyHasher, Policy, Quota, RateLimiter};
+use limiter_redis::redis;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_hashed_tagged_and_expire() {
+    let redis_server = support::TestRedis::start().await;
+    let limiter = redis_server.limiter();
+    let hasher = ClientKeyHasher::new(b"hygiene-test-secret-0123456789").unwrap();
+    let policy = Policy::new(
+        "api",
+        [
+            Quota::per_second(10).unwrap(),
+            Quota::per_hour(5_000).unwrap().allow_burst(50).unwrap(),
+        ],
+    )
+    .unwrap();
+    let raw_ids = [
+        "alice@example.com",
+        "203.0.113.77",
+        "sk_live_abcdef0123456789",
+        "2001:db8::1",
+    ];
+    for id in raw_ids {
+        for _ in 0..7 {
+            limiter.check(&hasher.hash(id), &policy, 1).await.unwrap();
+        }
+    }
+
+    let keys = redis_server.all_keys().await;
+    assert_eq!(keys.len(), raw_ids.len() * 2);
+    let mut raw = redis_server.raw().await;
+    for key in &keys {
+        for id in raw_ids {
+            assert!(!key.contains(id), "{key} holds a raw client ID");
+        }
+        let tag = key
+            .strip_prefix("rl:{")
+            .and_then(|rest| rest.split_once('}'))
+            .map(|(tag, _)| tag)
+            .unwrap_or_else(|| panic!("{key} has no hash tag"));
+        assert!(
+            tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{key}"
+        );
+        let quota = policy
+            .quotas()
+            .iter()
+            .find(|q| {
+                key.ends_with(&format!(
+                    ":{}-{}-{}",
+                    q.tokens(),
+                    q.period_micros(),
+                    q.capacity()
+                ))
+            })
+            .unwrap_or_else(|| panic!("{key} names no quota of the policy"));
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let full_ms = quota.full_refill().as_micros().div_ceil(1_000) as i64;
+        assert!(ttl > 0, "{key} has no TTL");
+        assert!(
+            ttl <= full_ms,
+            "{key}: TTL {ttl} ms outlives the {full_ms} ms refill"
+        );
+    }
+}
