@@ -10,7 +10,12 @@
 //! clients, with a quota large enough that every check is admitted (the costlier path: it
 //! writes). One line per concurrency: `tasks checks_per_sec p50_us p99_us errors`.
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark harness"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +29,10 @@ const KEYS: u128 = 10_000;
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; everything else is ours.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let secs: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
     let mut tasks: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     if tasks.is_empty() {
@@ -33,7 +41,8 @@ async fn main() {
     let url = std::env::var("REDIS_URL").expect("set REDIS_URL to the Redis to measure");
     let limiter = Arc::new(RedisLimiter::new(RedisConfig::from_url(url)).unwrap());
     limiter.warm_up().await.expect("Redis must answer");
-    let policy = Arc::new(Policy::new("bench", [Quota::per_second(1_000_000_000).unwrap()]).unwrap());
+    let policy =
+        Arc::new(Policy::new("bench", [Quota::per_second(1_000_000_000).unwrap()]).unwrap());
 
     println!("tasks checks_per_sec p50_us p99_us errors");
     for n in tasks {

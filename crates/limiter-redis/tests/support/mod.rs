@@ -11,6 +11,11 @@
     unreachable_pub,
     reason = "each test file uses a different part"
 )]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a failure must stop the test and say what to install"
+)]
 
 use std::time::Duration;
 
