@@ -63,6 +63,11 @@ pub const SCRIPT: &str = include_str!("../../../lua/token_bucket.lua");
 
 const BACKEND: &str = "redis";
 
+/// The workspace README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Settings of a [`RedisLimiter`]. Every wait is bounded by default: no call waits forever.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {

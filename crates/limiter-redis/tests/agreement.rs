@@ -89,9 +89,19 @@ async fn script_and_core_math_make_the_same_decisions() {
                     .arg(q.max_level());
             }
             invocation.arg(epoch + now);
+            let stored = |conn: &mut redis::aio::MultiplexedConnection| -> Vec<Option<String>> {
+                tokio::task::block_in_place(|| {
+                    handle.block_on(redis::cmd("MGET").arg(&keys).query_async(conn))
+                })
+                .unwrap()
+            };
+            let before = stored(&mut conn);
             let reply: Vec<i64> =
                 tokio::task::block_in_place(|| handle.block_on(invocation.invoke_async(&mut conn)))
                     .unwrap();
+            if !ours.allowed {
+                prop_assert_eq!(&stored(&mut conn), &before, "a denied request wrote");
+            }
 
             let expected = vec![
                 i64::from(ours.allowed),
