@@ -24,7 +24,7 @@ async fn workers_sharing_redis_admit_exactly_the_limit() {
     );
     let key = ClientKeyHasher::new(b"accuracy-test-secret-0123456789")
         .unwrap()
-        .hash("one-client-many-workers");
+        .hash(support::unique_id("one-client-many-workers"));
     let workers: Vec<_> = (0..3).map(|_| Arc::new(redis.limiter())).collect();
     for w in &workers {
         w.warm_up().await.unwrap();

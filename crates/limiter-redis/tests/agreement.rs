@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use limiter_core::{ClientKey, ManualClock, Policy, Quota};
+use limiter_core::{ClientKeyHasher, ManualClock, Policy, Quota};
 use limiter_memory::{MemoryConfig, MemoryLimiter};
 use limiter_redis::redis::{self, Script};
 use limiter_redis::{RedisLimiter, SCRIPT};
@@ -66,7 +66,10 @@ async fn script_and_core_math_make_the_same_decisions() {
         let mut conn = conn.clone();
         let n = case_no.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let policy = Policy::new("agree", quotas.clone()).unwrap();
-        let client = ClientKey::from(u128::from(n));
+        // Distinct from every earlier run's keys, which may still live in a shared Redis.
+        let client = ClientKeyHasher::new(b"agreement-test-secret-0123456789")
+            .unwrap()
+            .hash(support::unique_id(&format!("case-{n}")));
         let keys = RedisLimiter::bucket_keys(&client, &policy);
         let clock = ManualClock::new();
         let memory =

@@ -17,7 +17,7 @@ async fn count_allowed(
 ) -> (usize, Vec<limiter_core::Decision>) {
     let key = ClientKeyHasher::new(b"tiers-test-secret-0123456789")
         .unwrap()
-        .hash(id);
+        .hash(support::unique_id(id));
     let policy = Arc::new(TierPolicies::default().get(tier).clone());
     let tasks: Vec<_> = (0..16)
         .map(|t| {
@@ -65,7 +65,8 @@ async fn premium_gets_5000() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_never_touches_redis() {
-    let redis = support::TestRedis::start().await;
+    // Its own server, always: the command counts below are server-wide.
+    let redis = support::TestRedis::container().await;
     let limiter = Arc::new(redis.limiter());
     let before = redis.command_calls().await;
     let (allowed, decisions) = count_allowed(limiter, Tier::Admin, "ops-console", 500).await;

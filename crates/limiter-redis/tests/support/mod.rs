@@ -29,6 +29,18 @@ use testcontainers_modules::redis::Redis;
 pub const HELP: &str = "these tests need a real Redis: install Docker (apt-get install docker.io), \
     start it and run scripts/images.sh, or set REDIS_URL to a Redis you run";
 
+/// A client ID no other test run uses, so tests can share one Redis (`REDIS_URL`) and run
+/// twice within a bucket's lifetime without reading each other's state.
+pub fn unique_id(label: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{label}-{}-{nanos}-{n}", std::process::id())
+}
+
 /// A Redis for one test; a container is removed when this is dropped.
 pub struct TestRedis {
     pub url: String,
