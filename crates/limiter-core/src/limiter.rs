@@ -23,12 +23,23 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// Checks whether the client `key` may spend `cost` tokens under `policy` now and, if so,
     /// takes them.
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error>;
+
+    /// Whether the backend could decide now, deciding nothing: one cheap round trip, for
+    /// health checks and for a fallback's probe. A backend with nothing to reach is always
+    /// ready, which is the default.
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl<T: RateLimiter + ?Sized> RateLimiter for Arc<T> {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
         (**self).check(key, policy, cost).await
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        (**self).ping().await
     }
 }
 
@@ -37,11 +48,19 @@ impl<T: RateLimiter + ?Sized> RateLimiter for Box<T> {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
         (**self).check(key, policy, cost).await
     }
+
+    async fn ping(&self) -> Result<(), Error> {
+        (**self).ping().await
+    }
 }
 
 #[async_trait]
 impl<T: RateLimiter + ?Sized> RateLimiter for &T {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
         (**self).check(key, policy, cost).await
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        (**self).ping().await
     }
 }

@@ -186,24 +186,31 @@ impl RedisLimiter {
             .collect()
     }
 
-    /// Opens every connection now and checks that Redis answers, instead of on first use.
+    /// Opens every connection now and checks that Redis answers on each, instead of on
+    /// first use.
     ///
     /// # Errors
     /// As for [`RateLimiter::check`]: unavailable when Redis cannot be reached in time.
     pub async fn warm_up(&self) -> Result<(), Error> {
         for i in 0..self.slots.len() {
-            let (generation, mut conn) = self.connection(i).await?;
-            let pong = tokio::time::timeout(
-                self.config.timeout,
-                redis::cmd("PING").query_async::<String>(&mut conn),
-            )
-            .await
-            .map_err(|_| self.timed_out())?;
-            if let Err(e) = pong {
-                return Err(self.failed(i, generation, e));
-            }
+            self.ping_slot(i).await?;
         }
         Ok(())
+    }
+
+    /// `PING` on slot `i`'s connection, opening it if needed, within the check deadline.
+    async fn ping_slot(&self, i: usize) -> Result<(), Error> {
+        let ping = async {
+            let (generation, mut conn) = self.connection(i).await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(drop)
+                .map_err(|e| self.failed(i, generation, e))
+        };
+        tokio::time::timeout(self.config.timeout, ping)
+            .await
+            .map_err(|_| self.timed_out())?
     }
 
     async fn run(&self, client: &ClientKey, policy: &Policy, cost: u64) -> Result<[i64; 5], Error> {
@@ -277,6 +284,12 @@ impl RateLimiter for RedisLimiter {
             .map_err(|_| self.timed_out())??;
         let outcome = parse_reply(reply, quotas.len())?;
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
+    }
+
+    /// `PING` on the next connection, opening it if needed, within [`RedisConfig::timeout`].
+    async fn ping(&self) -> Result<(), Error> {
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.ping_slot(i).await
     }
 }
 

@@ -1,0 +1,475 @@
+//! Redis first; the in-process limiter when Redis is unreachable or slow; back to Redis when
+//! it heals. Callers never see the outage as an error.
+//!
+//! ```no_run
+//! use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
+//! use limiter_fallback::{Fallback, FallbackConfig};
+//! use limiter_memory::{MemoryConfig, MemoryLimiter};
+//! use limiter_redis::{RedisConfig, RedisLimiter};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), limiter_core::Error> {
+//! let limiter = Fallback::new(
+//!     RedisLimiter::new(RedisConfig::from_url("redis://127.0.0.1:6379"))?,
+//!     MemoryLimiter::new(MemoryConfig::default())?,
+//!     FallbackConfig { expected_workers: 3, ..FallbackConfig::default() },
+//! )?;
+//! let key = ClientKeyHasher::new(b"a deployment secret of 16+ bytes")?.hash("203.0.113.9");
+//! let decision = limiter.check(&key, TierPolicies::default().get(Tier::Anonymous), 1).await?;
+//! if decision.degraded {
+//!     // Redis is down: decided in this process, on this worker's share of the limit.
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Semantics
+//! - **Deadline.** Every call to the primary (Redis) is bounded by
+//!   [`FallbackConfig::deadline`] (default 50 ms), pool wait, connect and reply included. A
+//!   call that misses it, or fails with an [`Error::is_unavailable`] error, is answered by the
+//!   outage policy at once and **opens the circuit**.
+//! - **Open.** No check waits on the primary: each is answered by the outage policy. A
+//!   background probe pings the primary every [`FallbackConfig::probe_interval`] (default
+//!   1 s); for the probe the circuit is **half-open**, and checks still go to the outage
+//!   policy, so exactly one request reaches Redis, never a herd. When the probe succeeds the
+//!   circuit **closes** and the next check goes to Redis.
+//! - **Outage policy.** [`OutagePolicy::Fallback`] (default) decides in memory,
+//!   [`OutagePolicy::Allow`] admits everything (fail open), [`OutagePolicy::Deny`] refuses
+//!   everything (fail closed). Every such decision has `degraded == true`.
+//! - **Fleet share.** In memory each worker enforces its share of every quota,
+//!   `⌈limit / expected_workers⌉` (burst likewise), so the fleet stays near the global limit
+//!   instead of multiplying it by the number of workers.
+//! - **What a switch loses.** Buckets start full in memory when the circuit opens, and what
+//!   was counted in memory is not copied back to Redis when it closes: the two stores use
+//!   different clocks, and merging counts from many workers would need a coordination the
+//!   outage just made impossible. A client can therefore get up to one extra burst (its share
+//!   in memory) around each switch.
+//! - **Other errors are not outages.** A script error or a malformed reply is returned to
+//!   the caller as it is, and counted: hiding a bug behind the fallback would leave it there.
+//!
+//! Every transition is a `tracing` event (target `limiter_fallback`) with its reason, and
+//! [`Fallback::stats`] reads the state and counters for metrics and health checks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter, bucket};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+/// What to answer while the primary is unavailable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutagePolicy {
+    /// Decide in the in-process limiter, on this worker's share of each quota.
+    #[default]
+    Fallback,
+    /// Admit every request (fail open).
+    Allow,
+    /// Refuse every request (fail closed), asking to retry after one probe interval.
+    Deny,
+}
+
+/// Settings of a [`Fallback`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// Longest wait for the primary on any check. Default 50 ms. In config files:
+    /// `deadline_ms`.
+    #[serde(rename = "deadline_ms", with = "millis")]
+    pub deadline: Duration,
+    /// How often an open circuit probes the primary. Default 1 s. In config files:
+    /// `probe_interval_ms`.
+    #[serde(rename = "probe_interval_ms", with = "millis")]
+    pub probe_interval: Duration,
+    /// What to answer while the primary is unavailable. Default `fallback`.
+    pub outage: OutagePolicy,
+    /// Workers sharing the limit; in fallback each enforces `⌈limit / expected_workers⌉`.
+    /// Default 1.
+    pub expected_workers: u32,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(50),
+            probe_interval: Duration::from_secs(1),
+            outage: OutagePolicy::Fallback,
+            expected_workers: 1,
+        }
+    }
+}
+
+/// Durations in config files as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Where checks go now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Checks go to the primary.
+    Closed,
+    /// The primary is unavailable: checks get the outage policy, a probe is waiting.
+    Open,
+    /// One probe is asking the primary; checks still get the outage policy.
+    HalfOpen,
+}
+
+impl CircuitState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            CLOSED => CircuitState::Closed,
+            HALF_OPEN => CircuitState::HalfOpen,
+            _ => CircuitState::Open,
+        }
+    }
+
+    /// `"closed"`, `"open"` or `"half_open"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// A snapshot of the fallback's state and counters since it was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackStats {
+    /// Where checks go now.
+    pub state: CircuitState,
+    /// Checks the primary decided.
+    pub primary_decisions: u64,
+    /// Checks answered by the outage policy.
+    pub degraded_decisions: u64,
+    /// Primary calls that failed as unavailable (refused, dropped, Redis not serving).
+    pub unavailable_errors: u64,
+    /// Primary calls that missed the deadline.
+    pub timeouts: u64,
+    /// Primary failures that were not outages, returned to the caller.
+    pub other_errors: u64,
+    /// Times the circuit opened.
+    pub opened: u64,
+    /// Probes sent while open, successful or not.
+    pub probes: u64,
+}
+
+/// Redis (or any primary) first, a local limiter when it is unavailable. See the
+/// [crate docs](crate).
+pub struct Fallback<P, L> {
+    inner: Arc<Inner<P, L>>,
+}
+
+struct Inner<P, L> {
+    primary: P,
+    local: L,
+    config: FallbackConfig,
+    state: AtomicU8,
+    /// Fleet-share policies by the id of the policy they scale.
+    shares: RwLock<HashMap<u64, Arc<Policy>>>,
+    primary_decisions: AtomicU64,
+    degraded_decisions: AtomicU64,
+    unavailable_errors: AtomicU64,
+    timeouts: AtomicU64,
+    other_errors: AtomicU64,
+    opened: AtomicU64,
+    probes: AtomicU64,
+}
+
+impl<P, L> Fallback<P, L>
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    /// Wraps `primary` (Redis) with `local` (usually a `MemoryLimiter`) for outages.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero deadline, probe interval or worker count.
+    pub fn new(primary: P, local: L, config: FallbackConfig) -> Result<Self, Error> {
+        let invalid = |reason: &str| Error::InvalidConfig {
+            reason: reason.to_owned(),
+        };
+        if config.deadline.is_zero() {
+            return Err(invalid("fallback deadline must be above zero"));
+        }
+        if config.probe_interval.is_zero() {
+            return Err(invalid("fallback probe_interval must be above zero"));
+        }
+        if config.expected_workers == 0 {
+            return Err(invalid("fallback expected_workers must be at least 1"));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                primary,
+                local,
+                config,
+                state: AtomicU8::new(CLOSED),
+                shares: RwLock::new(HashMap::new()),
+                primary_decisions: AtomicU64::new(0),
+                degraded_decisions: AtomicU64::new(0),
+                unavailable_errors: AtomicU64::new(0),
+                timeouts: AtomicU64::new(0),
+                other_errors: AtomicU64::new(0),
+                opened: AtomicU64::new(0),
+                probes: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Where checks go now.
+    pub fn state(&self) -> CircuitState {
+        CircuitState::from_u8(self.inner.state.load(Ordering::Acquire))
+    }
+
+    /// The state and counters, for metrics and health checks.
+    pub fn stats(&self) -> FallbackStats {
+        let i = &self.inner;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FallbackStats {
+            state: self.state(),
+            primary_decisions: load(&i.primary_decisions),
+            degraded_decisions: load(&i.degraded_decisions),
+            unavailable_errors: load(&i.unavailable_errors),
+            timeouts: load(&i.timeouts),
+            other_errors: load(&i.other_errors),
+            opened: load(&i.opened),
+            probes: load(&i.probes),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &FallbackConfig {
+        &self.inner.config
+    }
+
+    /// The primary limiter.
+    pub fn primary(&self) -> &P {
+        &self.inner.primary
+    }
+
+    /// The local limiter.
+    pub fn local(&self) -> &L {
+        &self.inner.local
+    }
+}
+
+impl<P, L> Inner<P, L>
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    /// Closed → open, once per outage: the caller that wins starts the probe.
+    fn open(self: &Arc<Self>, reason: &dyn fmt::Display) {
+        if self
+            .state
+            .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "limiter_fallback",
+                from = "closed",
+                to = "open",
+                %reason,
+                outage_policy = ?self.config.outage,
+                "primary unavailable: answering by the outage policy"
+            );
+            tokio::spawn(probe(Arc::downgrade(self)));
+        }
+    }
+
+    async fn degraded(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Result<Decision, Error> {
+        self.degraded_decisions.fetch_add(1, Ordering::Relaxed);
+        let mut decision = match self.config.outage {
+            OutagePolicy::Fallback => {
+                let share = self.share(policy)?;
+                match self.local.check(key, &share, cost).await {
+                    Ok(d) => d,
+                    // The cost fits the global quota (checked before) but not this worker's
+                    // share of it: deny for now rather than fail a valid request.
+                    Err(e) if e.is_insufficient_capacity() => self.refusal(policy),
+                    Err(e) => return Err(e),
+                }
+            }
+            OutagePolicy::Allow => Decision {
+                allowed: true,
+                retry_after: None,
+                ..self.refusal(policy)
+            },
+            OutagePolicy::Deny => self.refusal(policy),
+        };
+        decision.degraded = true;
+        Ok(decision)
+    }
+
+    /// A denial without a backend: retry after one probe interval.
+    fn refusal(&self, policy: &Policy) -> Decision {
+        let limit = policy.quotas().first().map_or(0, Quota::capacity);
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_after: self.config.probe_interval,
+            retry_after: Some(self.config.probe_interval),
+            backend: Backend::None,
+            degraded: true,
+            quota: Some(0),
+        }
+    }
+
+    /// This worker's share of `policy`: every quota's limit and burst divided by the expected
+    /// workers, rounded up. Computed once per policy.
+    fn share(&self, policy: &Policy) -> Result<Arc<Policy>, Error> {
+        let workers = u64::from(self.config.expected_workers);
+        if workers == 1 {
+            return Ok(Arc::new(policy.clone()));
+        }
+        if let Some(share) = self.shares.read().get(&policy.id()) {
+            return Ok(share.clone());
+        }
+        let quotas = policy
+            .quotas()
+            .iter()
+            .map(|q| {
+                Quota::new(q.tokens().div_ceil(workers), q.period())
+                    .and_then(|s| s.allow_burst(q.capacity().div_ceil(workers)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let share = Arc::new(Policy::new(policy.name(), quotas)?);
+        self.shares.write().insert(policy.id(), share.clone());
+        Ok(share)
+    }
+}
+
+/// While the circuit is open: every interval, one ping (half-open); success closes it.
+async fn probe<P, L>(inner: Weak<Inner<P, L>>)
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    loop {
+        let interval = match inner.upgrade() {
+            Some(i) => i.config.probe_interval,
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.state.store(HALF_OPEN, Ordering::Release);
+        inner.probes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "limiter_fallback", from = "open", to = "half_open", "probing the primary");
+        let result = tokio::time::timeout(inner.config.deadline, inner.primary.ping()).await;
+        match result {
+            Ok(Ok(())) => {
+                inner.state.store(CLOSED, Ordering::Release);
+                tracing::info!(
+                    target: "limiter_fallback",
+                    from = "half_open",
+                    to = "closed",
+                    "primary answered the probe: back on the primary"
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                inner.state.store(OPEN, Ordering::Release);
+                tracing::debug!(target: "limiter_fallback", from = "half_open", to = "open", reason = %e, "probe failed");
+            }
+            Err(_) => {
+                inner.state.store(OPEN, Ordering::Release);
+                tracing::debug!(
+                    target: "limiter_fallback",
+                    from = "half_open",
+                    to = "open",
+                    reason = "probe missed the deadline",
+                    "probe failed"
+                );
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<P, L> RateLimiter for Fallback<P, L>
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        if policy.is_unlimited() {
+            return Ok(Decision::unlimited());
+        }
+        // Bad input is the caller's error in every state.
+        bucket::validate(policy.quotas(), cost)?;
+        let inner = &self.inner;
+        if inner.state.load(Ordering::Acquire) == CLOSED {
+            let deadline = inner.config.deadline;
+            match tokio::time::timeout(deadline, inner.primary.check(key, policy, cost)).await {
+                Ok(Ok(decision)) => {
+                    inner.primary_decisions.fetch_add(1, Ordering::Relaxed);
+                    return Ok(decision);
+                }
+                Ok(Err(e)) if e.is_unavailable() => {
+                    if e.is_timeout() {
+                        inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        inner.unavailable_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    inner.open(&e);
+                }
+                Ok(Err(e)) => {
+                    inner.other_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(target: "limiter_fallback", error = %e, "primary failed (not an outage)");
+                    return Err(e);
+                }
+                Err(_) => {
+                    inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                    inner.open(&format_args!("no answer within the {deadline:?} deadline"));
+                }
+            }
+        }
+        inner.degraded(key, policy, cost).await
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.inner.primary.ping().await
+    }
+}
+
+impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for Fallback<P, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("primary", &self.inner.primary)
+            .field("local", &self.inner.local)
+            .field("config", &self.inner.config)
+            .field(
+                "state",
+                &CircuitState::from_u8(self.inner.state.load(Ordering::Acquire)),
+            )
+            .finish()
+    }
+}

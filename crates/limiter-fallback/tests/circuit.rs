@@ -1,0 +1,302 @@
+//! The circuit breaker's state machine, without Docker: a scripted primary that answers,
+//! fails, hangs or breaks on command, on tokio's paused clock so deadlines are exact.
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
+use limiter_fallback::{CircuitState, Fallback, FallbackConfig, OutagePolicy};
+use limiter_memory::{MemoryConfig, MemoryLimiter};
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const HANG: u8 = 2;
+const BROKEN: u8 = 3;
+
+/// A primary whose behaviour the test switches; it counts every call that reaches it.
+#[derive(Debug, Default)]
+struct Scripted {
+    mode: AtomicU8,
+    checks: AtomicU64,
+    pings: AtomicU64,
+}
+
+impl Scripted {
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    async fn behave(&self) -> Result<(), Error> {
+        match self.mode.load(Ordering::SeqCst) {
+            UP => Ok(()),
+            DOWN => Err(Error::unavailable(
+                "redis",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            )),
+            HANG => {
+                tokio::time::sleep(Duration::from_secs(3_600)).await;
+                Ok(())
+            }
+            _ => Err(Error::backend("redis", "ERR script error")),
+        }
+    }
+}
+
+#[limiter_core::async_trait]
+impl RateLimiter for Scripted {
+    async fn check(&self, _: &ClientKey, policy: &Policy, _: u64) -> Result<Decision, Error> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        self.behave().await?;
+        let outcome = limiter_core::bucket::Outcome {
+            allowed: true,
+            quota: 0,
+            remaining: 1,
+            reset_after_us: 1,
+            retry_after_us: None,
+        };
+        Ok(Decision::from_outcome(
+            &outcome,
+            policy.quotas(),
+            Backend::Redis,
+        ))
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.pings.fetch_add(1, Ordering::SeqCst);
+        self.behave().await
+    }
+}
+
+fn setup(config: FallbackConfig) -> (Fallback<Arc<Scripted>, MemoryLimiter>, Arc<Scripted>) {
+    let primary = Arc::new(Scripted::default());
+    let local = MemoryLimiter::new(MemoryConfig { max_buckets: 1_000 }).unwrap();
+    (
+        Fallback::new(primary.clone(), local, config).unwrap(),
+        primary,
+    )
+}
+
+fn policy() -> Policy {
+    Policy::new("p", [Quota::per_minute(100).unwrap()]).unwrap()
+}
+
+const KEY: ClientKey = ClientKey::from_bytes([7; 16]);
+
+fn config() -> FallbackConfig {
+    FallbackConfig {
+        deadline: Duration::from_millis(50),
+        probe_interval: Duration::from_secs(1),
+        ..FallbackConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_circuit_uses_the_primary() {
+    let (fallback, primary) = setup(config());
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!((d.backend, d.degraded), (Backend::Redis, false));
+    assert_eq!(primary.checks.load(Ordering::SeqCst), 1);
+    assert_eq!(fallback.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_opens_the_circuit_and_open_means_no_primary_calls() {
+    let (fallback, primary) = setup(config());
+    primary.set(DOWN);
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!(
+        (d.backend, d.degraded, d.allowed),
+        (Backend::Memory, true, true)
+    );
+    assert_eq!(fallback.state(), CircuitState::Open);
+    for _ in 0..50 {
+        assert!(fallback.check(&KEY, &policy(), 1).await.unwrap().degraded);
+    }
+    assert_eq!(
+        primary.checks.load(Ordering::SeqCst),
+        1,
+        "an open circuit called the primary"
+    );
+    let stats = fallback.stats();
+    assert_eq!(
+        (
+            stats.opened,
+            stats.unavailable_errors,
+            stats.degraded_decisions
+        ),
+        (1, 1, 51)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_primary_costs_one_deadline_then_nothing() {
+    let (fallback, primary) = setup(config());
+    primary.set(HANG);
+    let started = tokio::time::Instant::now();
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(50),
+        "waited past the deadline"
+    );
+    assert!(d.degraded);
+    assert_eq!(fallback.state(), CircuitState::Open);
+    let started = tokio::time::Instant::now();
+    fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "an open circuit waited on the primary"
+    );
+    assert_eq!(fallback.stats().timeouts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_probe_per_interval_closes_the_circuit_when_the_primary_answers() {
+    let (fallback, primary) = setup(config());
+    primary.set(DOWN);
+    fallback.check(&KEY, &policy(), 1).await.unwrap();
+    // Still down at the first probe: stays open.
+    tokio::time::sleep(Duration::from_millis(1_010)).await;
+    assert_eq!(primary.pings.load(Ordering::SeqCst), 1);
+    assert_eq!(fallback.state(), CircuitState::Open);
+    // Back up: the second probe closes it, within two intervals of the first failure.
+    primary.set(UP);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(primary.pings.load(Ordering::SeqCst), 2);
+    assert_eq!(fallback.state(), CircuitState::Closed);
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!((d.backend, d.degraded), (Backend::Redis, false));
+    // No more probes once closed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(primary.pings.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_lets_one_probe_through_and_checks_stay_local() {
+    let (fallback, primary) = setup(config());
+    primary.set(HANG);
+    fallback.check(&KEY, &policy(), 1).await.unwrap();
+    // The probe starts after one interval and hangs until its deadline.
+    tokio::time::sleep(Duration::from_millis(1_010)).await;
+    assert_eq!(fallback.state(), CircuitState::HalfOpen);
+    for _ in 0..100 {
+        let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+        assert!(d.degraded);
+    }
+    assert_eq!(primary.pings.load(Ordering::SeqCst), 1, "a herd of probes");
+    assert_eq!(
+        primary.checks.load(Ordering::SeqCst),
+        1,
+        "checks reached the primary while half-open"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        fallback.state(),
+        CircuitState::Open,
+        "a probe past its deadline reopens"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_errors_are_returned_not_hidden() {
+    let (fallback, primary) = setup(config());
+    primary.set(BROKEN);
+    let err = fallback.check(&KEY, &policy(), 1).await.unwrap_err();
+    assert!(!err.is_unavailable());
+    assert_eq!(fallback.state(), CircuitState::Closed);
+    assert_eq!(fallback.stats().other_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_policies_allow_and_deny() {
+    for (outage, allowed) in [(OutagePolicy::Allow, true), (OutagePolicy::Deny, false)] {
+        let (fallback, primary) = setup(FallbackConfig { outage, ..config() });
+        primary.set(DOWN);
+        for _ in 0..300 {
+            let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+            assert_eq!(
+                (d.allowed, d.degraded, d.backend),
+                (allowed, true, Backend::None)
+            );
+            if !allowed {
+                assert_eq!(d.retry_after, Some(Duration::from_secs(1)));
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_fallback_each_worker_enforces_its_share() {
+    let (fallback, primary) = setup(FallbackConfig {
+        expected_workers: 3,
+        ..config()
+    });
+    primary.set(DOWN);
+    let mut allowed = 0;
+    for _ in 0..200 {
+        allowed += u32::from(fallback.check(&KEY, &policy(), 1).await.unwrap().allowed);
+    }
+    assert_eq!(allowed, 34, "⌈100 / 3⌉ per worker");
+    // A cost that fits the global quota but not the share is a denial, not an error.
+    let d = fallback
+        .check(&ClientKey::from(9), &policy(), 50)
+        .await
+        .unwrap();
+    assert!(!d.allowed && d.degraded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_an_error_in_every_state() {
+    let (fallback, primary) = setup(config());
+    assert!(
+        fallback
+            .check(&KEY, &policy(), 0)
+            .await
+            .unwrap_err()
+            .is_invalid_input()
+    );
+    primary.set(DOWN);
+    fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert!(
+        fallback
+            .check(&KEY, &policy(), 101)
+            .await
+            .unwrap_err()
+            .is_insufficient_capacity()
+    );
+    assert_eq!(
+        primary.checks.load(Ordering::SeqCst),
+        1,
+        "bad input reached the primary"
+    );
+}
+
+#[test]
+fn nonsense_settings_are_refused() {
+    let local = || MemoryLimiter::new(MemoryConfig::default()).unwrap();
+    let primary = Arc::new(Scripted::default());
+    for config in [
+        FallbackConfig {
+            deadline: Duration::ZERO,
+            ..config()
+        },
+        FallbackConfig {
+            probe_interval: Duration::ZERO,
+            ..config()
+        },
+        FallbackConfig {
+            expected_workers: 0,
+            ..config()
+        },
+    ] {
+        assert!(
+            Fallback::new(primary.clone(), local(), config)
+                .unwrap_err()
+                .is_invalid_input()
+        );
+    }
+}
