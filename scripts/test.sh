@@ -4,7 +4,8 @@
 #
 # The Redis tests talk to a real Redis: the one at REDIS_URL if set, otherwise containers
 # started by testcontainers from the local images that scripts/images.sh builds when no
-# registry can provide them. If neither can be had the Redis tests fail, saying what to
+# registry can provide them. The fallback's fault tests always use containers (they stop,
+# pause, cut off and restart them) and need root for iptables. If neither can be had the Redis tests fail, saying what to
 # install; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,11 @@ fi
 images=ok
 if [ -z "${REDIS_URL:-}" ]; then
     scripts/images.sh || images=failed
+fi
+
+# The fallback's cut-off test drops packets to a container's port with iptables.
+if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null || true
 fi
 
 status=0

@@ -187,30 +187,40 @@ impl RedisLimiter {
     }
 
     /// Opens every connection now and checks that Redis answers on each, instead of on
-    /// first use.
+    /// first use. A kept connection that fails (Redis restarted since it was opened) is
+    /// replaced and asked again once: `PING` is safe to repeat, unlike a check.
+    ///
+    /// This is also the backend's [`RateLimiter::ping`], so a fallback's successful probe
+    /// leaves no dead connection behind to fail the next checks.
     ///
     /// # Errors
     /// As for [`RateLimiter::check`]: unavailable when Redis cannot be reached in time.
     pub async fn warm_up(&self) -> Result<(), Error> {
-        for i in 0..self.slots.len() {
-            self.ping_slot(i).await?;
-        }
-        Ok(())
-    }
-
-    /// `PING` on slot `i`'s connection, opening it if needed, within the check deadline.
-    async fn ping_slot(&self, i: usize) -> Result<(), Error> {
-        let ping = async {
-            let (generation, mut conn) = self.connection(i).await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(drop)
-                .map_err(|e| self.failed(i, generation, e))
+        let all = async {
+            for i in 0..self.slots.len() {
+                if let Err(e) = self.ping_slot(i).await {
+                    if !e.is_unavailable() {
+                        return Err(e);
+                    }
+                    self.ping_slot(i).await?;
+                }
+            }
+            Ok(())
         };
-        tokio::time::timeout(self.config.timeout, ping)
+        tokio::time::timeout(self.config.timeout, all)
             .await
             .map_err(|_| self.timed_out())?
+    }
+
+    /// `PING` on slot `i`'s connection, opening it if needed; a failure that means the
+    /// connection is unusable empties the slot.
+    async fn ping_slot(&self, i: usize) -> Result<(), Error> {
+        let (generation, mut conn) = self.connection(i).await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| self.failed(i, generation, e))
     }
 
     async fn run(&self, client: &ClientKey, policy: &Policy, cost: u64) -> Result<[i64; 5], Error> {
@@ -286,10 +296,9 @@ impl RateLimiter for RedisLimiter {
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
     }
 
-    /// `PING` on the next connection, opening it if needed, within [`RedisConfig::timeout`].
+    /// [`RedisLimiter::warm_up`]: every connection answers `PING`, dead ones replaced.
     async fn ping(&self) -> Result<(), Error> {
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.ping_slot(i).await
+        self.warm_up().await
     }
 }
 
