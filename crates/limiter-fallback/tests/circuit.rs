@@ -3,95 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
+use limiter_core::{Backend, ClientKey, RateLimiter};
 use limiter_fallback::{CircuitState, Fallback, FallbackConfig, OutagePolicy};
 use limiter_memory::{MemoryConfig, MemoryLimiter};
-
-const UP: u8 = 0;
-const DOWN: u8 = 1;
-const HANG: u8 = 2;
-const BROKEN: u8 = 3;
-
-/// A primary whose behaviour the test switches; it counts every call that reaches it.
-#[derive(Debug, Default)]
-struct Scripted {
-    mode: AtomicU8,
-    checks: AtomicU64,
-    pings: AtomicU64,
-}
-
-impl Scripted {
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-
-    async fn behave(&self) -> Result<(), Error> {
-        match self.mode.load(Ordering::SeqCst) {
-            UP => Ok(()),
-            DOWN => Err(Error::unavailable(
-                "redis",
-                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-            )),
-            HANG => {
-                tokio::time::sleep(Duration::from_secs(3_600)).await;
-                Ok(())
-            }
-            _ => Err(Error::backend("redis", "ERR script error")),
-        }
-    }
-}
-
-#[limiter_core::async_trait]
-impl RateLimiter for Scripted {
-    async fn check(&self, _: &ClientKey, policy: &Policy, _: u64) -> Result<Decision, Error> {
-        self.checks.fetch_add(1, Ordering::SeqCst);
-        self.behave().await?;
-        let outcome = limiter_core::bucket::Outcome {
-            allowed: true,
-            quota: 0,
-            remaining: 1,
-            reset_after_us: 1,
-            retry_after_us: None,
-        };
-        Ok(Decision::from_outcome(
-            &outcome,
-            policy.quotas(),
-            Backend::Redis,
-        ))
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        self.pings.fetch_add(1, Ordering::SeqCst);
-        self.behave().await
-    }
-}
-
-fn setup(config: FallbackConfig) -> (Fallback<Arc<Scripted>, MemoryLimiter>, Arc<Scripted>) {
-    let primary = Arc::new(Scripted::default());
-    let local = MemoryLimiter::new(MemoryConfig { max_buckets: 1_000 }).unwrap();
-    (
-        Fallback::new(primary.clone(), local, config).unwrap(),
-        primary,
-    )
-}
-
-fn policy() -> Policy {
-    Policy::new("p", [Quota::per_minute(100).unwrap()]).unwrap()
-}
-
-const KEY: ClientKey = ClientKey::from_bytes([7; 16]);
-
-fn config() -> FallbackConfig {
-    FallbackConfig {
-        deadline: Duration::from_millis(50),
-        probe_interval: Duration::from_secs(1),
-        ..FallbackConfig::default()
-    }
-}
+use support::{BROKEN, DOWN, HANG, KEY, Scripted, UP, config, policy, setup};
 
 #[tokio::test(start_paused = true)]
 async fn closed_circuit_uses_the_primary() {
