@@ -43,7 +43,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_redis::redis::aio::MultiplexedConnection;
@@ -216,11 +216,10 @@ impl RedisLimiter {
     /// connection is unusable empties the slot.
     async fn ping_slot(&self, i: usize) -> Result<(), Error> {
         let (generation, mut conn) = self.connection(i).await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(|e| self.failed(i, generation, e))
+        let guard = StallGuard::new(self, i, generation);
+        let result = redis::cmd("PING").query_async::<String>(&mut conn).await;
+        guard.disarm();
+        result.map(drop).map_err(|e| self.failed(i, generation, e))
     }
 
     async fn run(&self, client: &ClientKey, policy: &Policy, cost: u64) -> Result<[i64; 5], Error> {
@@ -235,9 +234,12 @@ impl RedisLimiter {
         }
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let (generation, mut conn) = self.connection(i).await?;
+        let guard = StallGuard::new(self, i, generation);
         // On NOSCRIPT (a restart, a SCRIPT FLUSH, a failover) this loads the script and
         // retries once, by itself.
-        match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+        let result = invocation.invoke_async::<Vec<i64>>(&mut conn).await;
+        guard.disarm();
+        match result {
             Ok(reply) => <[i64; 5]>::try_from(reply).map_err(|reply| {
                 Error::backend(
                     BACKEND,
@@ -265,12 +267,18 @@ impl RedisLimiter {
     fn failed(&self, i: usize, generation: u64, e: RedisError) -> Error {
         let error = classify(e);
         if error.is_unavailable() {
-            let mut slot = self.slots[i].conn.lock();
-            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-                *slot = None;
-            }
+            self.forget(i, generation);
         }
         error
+    }
+
+    /// Empties slot `i` if it still holds connection `generation`, so the next call opens a
+    /// new one.
+    fn forget(&self, i: usize, generation: u64) {
+        let mut slot = self.slots[i].conn.lock();
+        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *slot = None;
+        }
     }
 
     fn timed_out(&self) -> Error {
@@ -308,6 +316,48 @@ impl fmt::Debug for RedisLimiter {
             .field("config", &self.config)
             .field("pool", &self.pool.status())
             .finish_non_exhaustive()
+    }
+}
+
+/// How long a call may wait on a connection before its cancellation (a caller's deadline)
+/// marks the connection as stalled. Redis answers a healthy local call in well under a
+/// millisecond, and in about 6 ms at the 99th percentile under full load.
+const STALLED_AFTER: Duration = Duration::from_millis(10);
+
+/// Replaces a connection whose call was abandoned after waiting [`STALLED_AFTER`]: a caller's
+/// deadline (the fallback's, say) cancels the call before any error reaches this backend, so
+/// without this a connection stuck behind a network partition would stay in its slot, and
+/// every later call on it would hang until TCP gave up.
+struct StallGuard<'a> {
+    limiter: &'a RedisLimiter,
+    slot: usize,
+    generation: u64,
+    started: Instant,
+    armed: bool,
+}
+
+impl<'a> StallGuard<'a> {
+    fn new(limiter: &'a RedisLimiter, slot: usize, generation: u64) -> Self {
+        Self {
+            limiter,
+            slot,
+            generation,
+            started: Instant::now(),
+            armed: true,
+        }
+    }
+
+    /// The call finished: its own result says what to do with the connection.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StallGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.started.elapsed() >= STALLED_AFTER {
+            self.limiter.forget(self.slot, self.generation);
+        }
     }
 }
 
