@@ -49,6 +49,9 @@
 //!
 //! Every transition is a `tracing` event (target `limiter_fallback`) with its reason, and
 //! [`Fallback::stats`] reads the state and counters for metrics and health checks.
+//!
+//! Checks must run inside a Tokio runtime: the deadline is a Tokio timer and the probe a
+//! Tokio task.
 
 use std::collections::HashMap;
 use std::fmt;

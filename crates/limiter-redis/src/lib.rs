@@ -34,6 +34,8 @@
 //! the pool for every call would cost a recycling round trip each time. A connection that
 //! fails with an outage error is dropped and replaced on next use.
 //!
+//! Checks must run inside a Tokio runtime (the connections and timers are Tokio's).
+//!
 //! # Errors
 //! Every check is bounded by [`RedisConfig::timeout`]. Refused, dropped and timed-out
 //! connections, an exhausted pool, and Redis saying it cannot serve (`LOADING`, `BUSY`,
