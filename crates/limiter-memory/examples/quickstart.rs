@@ -25,11 +25,14 @@ async fn main() -> Result<(), limiter_core::Error> {
             last = Some(decision);
         }
         if let Some(d) = last {
+            let remaining = match d.quota {
+                Some(_) => d.remaining.to_string(),
+                None => "unlimited".to_owned(),
+            };
             println!(
                 "{tier:<9} client {key}: {allowed}/{requests} allowed; last: allowed={} \
-                 remaining={} retry_after={:?} backend={}",
+                 remaining={remaining} retry_after={:?} backend={}",
                 d.allowed,
-                d.remaining,
                 d.retry_after,
                 d.backend.as_str(),
             );
