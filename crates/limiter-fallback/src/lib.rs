@@ -153,6 +153,9 @@ impl CircuitState {
     }
 }
 
+/// Fleet-share policies kept before the cache starts over.
+const MAX_CACHED_SHARES: usize = 1_024;
+
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
@@ -365,7 +368,13 @@ where
             })
             .collect::<Result<Vec<_>, _>>()?;
         let share = Arc::new(Policy::new(policy.name(), quotas)?);
-        self.shares.write().insert(policy.id(), share.clone());
+        let mut shares = self.shares.write();
+        // Policies are normally a handful of configured tiers; a caller minting policies per
+        // request must not grow this without bound.
+        if shares.len() >= MAX_CACHED_SHARES {
+            shares.clear();
+        }
+        shares.insert(policy.id(), share.clone());
         Ok(share)
     }
 }
