@@ -1,0 +1,226 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+use limiter_core::{ClientKey, Decision, Error, Tier};
+use pin_project_lite::pin_project;
+use serde_json::Map;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::headers::{insert_rate_limit_headers, problem, too_many_requests};
+use crate::identify::Rejection;
+use crate::layer::{OnError, Shared};
+use crate::service::RateLimitInfo;
+use crate::telemetry;
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+
+pin_project! {
+    /// The response of a [`RateLimit`](crate::RateLimit) service: the limit check, then the
+    /// inner service (allowed) or a response written here (denied, rejected).
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Checking {
+            check: CheckFuture,
+            pending: Option<(S, Request<ReqBody>)>,
+            shared: Arc<Shared>,
+            tier: Tier,
+            client: ClientKey,
+            started: Instant,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            headers: Option<HeaderMap>,
+        },
+        Answered {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn checking(
+        check: CheckFuture,
+        inner: S,
+        request: Request<ReqBody>,
+        shared: Arc<Shared>,
+        tier: Tier,
+        client: ClientKey,
+        started: Instant,
+    ) -> Self {
+        Self {
+            state: State::Checking {
+                check,
+                pending: Some((inner, request)),
+                shared,
+                tier,
+                client,
+                started,
+            },
+        }
+    }
+
+    pub(crate) fn calling(future: S::Future, headers: Option<HeaderMap>) -> Self {
+        Self {
+            state: State::Calling { future, headers },
+        }
+    }
+
+    pub(crate) fn rejected(rejection: &Rejection) -> Self {
+        Self::answered(problem(rejection.status, &rejection.detail, Map::new()))
+    }
+
+    fn answered(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Answered {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Checking {
+                    check,
+                    pending,
+                    shared,
+                    tier,
+                    client,
+                    started,
+                } => {
+                    let result = ready!(check.as_mut().poll(cx));
+                    let latency = started.elapsed();
+                    let policy = shared.tiers.get(*tier);
+                    let Some((mut inner, mut request)) = pending.take() else {
+                        // Polled again after completion: nothing left to serve.
+                        let response = problem(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "request already served",
+                            Map::new(),
+                        );
+                        state.set(State::Answered {
+                            response: Some(response),
+                        });
+                        continue;
+                    };
+                    let next = match result {
+                        Ok(decision) => {
+                            telemetry::record_decision(*tier, &decision, latency);
+                            if decision.allowed {
+                                let mut headers = HeaderMap::new();
+                                insert_rate_limit_headers(&mut headers, policy, &decision);
+                                request.extensions_mut().insert(RateLimitInfo {
+                                    tier: *tier,
+                                    client: *client,
+                                    decision,
+                                });
+                                State::Calling {
+                                    future: inner.call(request),
+                                    headers: Some(headers),
+                                }
+                            } else {
+                                tracing::debug!(
+                                    target: "limiter_http",
+                                    client = %client,
+                                    tier = %tier,
+                                    retry_after_ms = decision.retry_after.map(|d| d.as_millis()),
+                                    backend = decision.backend.as_str(),
+                                    "rate limited"
+                                );
+                                State::Answered {
+                                    response: Some(too_many_requests(policy, &decision)),
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            telemetry::record_error(*tier, &error, latency);
+                            match shared.on_error {
+                                OnError::Allow => {
+                                    tracing::warn!(target: "limiter_http", %error, client = %client, "rate limiter failed: request let through");
+                                    State::Calling {
+                                        future: inner.call(request),
+                                        headers: None,
+                                    }
+                                }
+                                OnError::Deny => {
+                                    tracing::warn!(target: "limiter_http", %error, client = %client, "rate limiter failed: request refused");
+                                    let mut response = problem(
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        "the rate limiter could not decide; retry shortly",
+                                        Map::new(),
+                                    );
+                                    response
+                                        .headers_mut()
+                                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                                    State::Answered {
+                                        response: Some(response),
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    state.set(next);
+                }
+                StateProj::Calling { future, headers } => {
+                    let response = ready!(future.poll(cx))?;
+                    let (mut parts, body) = response.into_parts();
+                    if let Some(headers) = headers.take() {
+                        parts.headers.extend(headers);
+                    }
+                    return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+                }
+                StateProj::Answered { response } => {
+                    let response = response.take().unwrap_or_else(|| {
+                        problem(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "request already served",
+                            Map::new(),
+                        )
+                    });
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+            }
+        }
+    }
+}
+
+impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,139 @@
+//! The rate-limit response fields and the problem+json responses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use limiter_core::{Decision, Policy};
+use serde_json::{Map, Value, json};
+
+/// `X-RateLimit-Limit`: the capacity of the reported bucket.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`: whole tokens left in it.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`: seconds until it is full again.
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10): every quota of the policy.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10): the state of the reported quota.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Whole seconds, rounded up: a client told to wait `n` seconds is never early.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The draft's policy name of quota `i`: the policy's name, suffixed with the index when
+/// the policy has several quotas. Policy names are `[A-Za-z0-9_.-]`, safe in an sf-string.
+fn item_name(policy: &Policy, i: usize) -> String {
+    if policy.quotas().len() == 1 {
+        policy.name().to_owned()
+    } else {
+        format!("{}.{i}", policy.name())
+    }
+}
+
+fn value(v: impl ToString) -> HeaderValue {
+    // Digits and sf-strings of safe characters only: always a valid header value.
+    HeaderValue::try_from(v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Adds the rate-limit fields of `decision` under `policy` to `headers`; and `Retry-After`
+/// when denied.
+///
+/// `RateLimit`'s `t` is, when denied, the seconds until the request would pass (equal to
+/// `Retry-After`) and, when allowed, the seconds until the bucket is full.
+pub fn insert_rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
+    let Some(reported) = decision.quota else {
+        return; // unlimited: there is no limit to describe
+    };
+    headers.insert(X_RATELIMIT_LIMIT, value(decision.limit));
+    headers.insert(X_RATELIMIT_REMAINING, value(decision.remaining));
+    headers.insert(X_RATELIMIT_RESET, value(ceil_secs(decision.reset_after)));
+
+    let policies: Vec<String> = policy
+        .quotas()
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            format!(
+                "\"{}\";q={};w={}",
+                item_name(policy, i),
+                q.tokens(),
+                ceil_secs(q.period())
+            )
+        })
+        .collect();
+    headers.insert(RATELIMIT_POLICY, value(policies.join(", ")));
+
+    let t = match decision.retry_after {
+        Some(wait) => ceil_secs(wait),
+        None => ceil_secs(decision.reset_after),
+    };
+    headers.insert(
+        RATELIMIT,
+        value(format_args!(
+            "\"{}\";r={};t={t}",
+            item_name(policy, reported),
+            decision.remaining
+        )),
+    );
+    if let Some(wait) = decision.retry_after {
+        headers.insert(RETRY_AFTER, value(ceil_secs(wait)));
+    }
+}
+
+/// An RFC 9457 problem+json response: `type` `about:blank`, the status's reason as
+/// `title`, a `detail`, and any `extra` members.
+pub fn problem(status: StatusCode, detail: &str, extra: Map<String, Value>) -> Response<Bytes> {
+    let mut body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Value::Object(members) = &mut body {
+        members.extend(extra);
+    }
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// The 429 for a denied `decision`: problem+json with the tier, the wait in milliseconds,
+/// and every rate-limit field.
+pub fn too_many_requests(policy: &Policy, decision: &Decision) -> Response<Bytes> {
+    let wait = decision.retry_after.unwrap_or_default();
+    let mut extra = Map::new();
+    extra.insert("policy".into(), policy.name().into());
+    extra.insert(
+        "retry_after_ms".into(),
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into(),
+    );
+    let detail = format!(
+        "rate limit of policy {} exceeded; retry in {} s",
+        policy.name(),
+        ceil_secs(wait)
+    );
+    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &detail, extra);
+    insert_rate_limit_headers(response.headers_mut(), policy, decision);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_up() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+    }
+}

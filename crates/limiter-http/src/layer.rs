@@ -1,0 +1,126 @@
+use std::fmt;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
+use tower_layer::Layer;
+
+use crate::identify::{ClientIp, Identify};
+use crate::service::RateLimit;
+
+/// What a guarded route answers when the limiter cannot decide (an error that is not a
+/// denial; with a `Fallback` backend, outages are decided in memory and never get here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Serve the request without rate-limit headers (fail open). The default.
+    #[default]
+    Allow,
+    /// Answer 503 with `Retry-After: 1` (fail closed).
+    Deny,
+}
+
+/// Applies [`RateLimit`] to a service: every request is identified, checked against its
+/// tier's policy, and either served with rate-limit headers or answered 429.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use axum::{Router, routing::get};
+/// use limiter_core::ClientKeyHasher;
+/// use limiter_http::{ApiKeyOrIp, ApiKeys, ClientIp, RateLimitLayer};
+/// use limiter_memory::{MemoryConfig, MemoryLimiter};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Arc::new(MemoryLimiter::new(MemoryConfig::default())?);
+/// let hasher = ClientKeyHasher::new(b"the deployment's shared secret")?;
+/// let who = ApiKeyOrIp::new(ApiKeys::new(), ClientIp::new().trust_proxies(["10.0.0.0/8".parse()?]));
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(RateLimitLayer::new(limiter, hasher).identify(who));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RateLimitLayer {
+    pub(crate) shared: Shared,
+}
+
+/// Everything a guarded request needs, shared by every clone of the service.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) hasher: ClientKeyHasher,
+    pub(crate) tiers: Arc<TierPolicies>,
+    pub(crate) identify: Arc<dyn Identify>,
+    pub(crate) cost: u64,
+    pub(crate) on_error: OnError,
+}
+
+impl RateLimitLayer {
+    /// Checks requests with `limiter`, hashing client IDs with `hasher`. Defaults: the
+    /// default tier policies, clients known by peer address (no trusted proxies), cost 1,
+    /// [`OnError::Allow`].
+    pub fn new(limiter: Arc<dyn RateLimiter>, hasher: ClientKeyHasher) -> Self {
+        Self {
+            shared: Shared {
+                limiter,
+                hasher,
+                tiers: Arc::new(TierPolicies::default()),
+                identify: Arc::new(ClientIp::new()),
+                cost: 1,
+                on_error: OnError::Allow,
+            },
+        }
+    }
+
+    /// The policy of each tier.
+    pub fn tiers(mut self, tiers: TierPolicies) -> Self {
+        self.shared.tiers = Arc::new(tiers);
+        self
+    }
+
+    /// How clients and their tiers are told apart: [`ClientIp`], [`ApiKeyOrIp`](crate::ApiKeyOrIp),
+    /// or any [`Identify`].
+    pub fn identify(mut self, identify: impl Identify) -> Self {
+        self.shared.identify = Arc::new(identify);
+        self
+    }
+
+    /// Tokens each request costs. Default 1.
+    pub fn cost(mut self, cost: NonZeroU64) -> Self {
+        self.shared.cost = cost.get();
+        self
+    }
+
+    /// What to answer when the limiter cannot decide. Default [`OnError::Allow`].
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.shared.on_error = on_error;
+        self
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit::from_shared(inner, Arc::new(self.shared.clone()))
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limiter", &self.limiter)
+            .field("tiers", &self.tiers)
+            .field("cost", &self.cost)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
