@@ -1,0 +1,186 @@
+//! `POST /v1/check`: a decision for any service, in any language.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
+use axum::response::{IntoResponse, Response};
+use http_body_util::LengthLimitError;
+use limiter_core::{Decision, Error, Tier, bucket};
+use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
+
+use crate::app::AppState;
+use crate::problem::Problem;
+
+/// Longest client ID accepted, in bytes.
+pub const MAX_CLIENT_LEN: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    client: String,
+    /// A string, parsed by hand so an unknown tier is not echoed back.
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    cost: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct CheckResponse {
+    allowed: bool,
+    /// `null` for an unlimited tier.
+    limit: Option<u64>,
+    /// `null` for an unlimited tier.
+    remaining: Option<u64>,
+    reset_after_ms: u64,
+    retry_after_ms: Option<u64>,
+    backend: &'static str,
+    degraded: bool,
+    tier: Tier,
+}
+
+/// Milliseconds, rounded up: a caller told to wait is never early.
+fn ceil_ms(d: Duration) -> u64 {
+    let ms = d.as_micros().div_ceil(1000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+impl CheckResponse {
+    fn new(tier: Tier, d: &Decision) -> Self {
+        let unlimited = d.quota.is_none();
+        Self {
+            allowed: d.allowed,
+            limit: (!unlimited).then_some(d.limit),
+            remaining: (!unlimited).then_some(d.remaining),
+            reset_after_ms: ceil_ms(d.reset_after),
+            retry_after_ms: d.retry_after.map(ceil_ms),
+            backend: d.backend.as_str(),
+            degraded: d.degraded,
+            tier,
+        }
+    }
+}
+
+pub(crate) async fn check(State(state): State<AppState>, request: Request) -> Response {
+    let declared = declared_length(&request);
+    match decide(&state, request.into_body(), declared).await {
+        Ok(response) => Json(response).into_response(),
+        Err(problem) => with_retry(problem.into_response()),
+    }
+}
+
+async fn read_body(state: &AppState, body: Body, declared: Option<u64>) -> Result<Bytes, Problem> {
+    let limit = state.max_body_bytes;
+    let too_large = || Problem {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        detail: format!("request body larger than {limit} bytes"),
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.into_inner().is::<LengthLimitError>() {
+            too_large()
+        } else {
+            Problem::bad_request("request body could not be read")
+        }
+    })
+}
+
+async fn decide(
+    state: &AppState,
+    body: Body,
+    declared: Option<u64>,
+) -> Result<CheckResponse, Problem> {
+    // A declared length over the limit is refused unread; an undeclared one is cut off there.
+    let bytes = read_body(state, body, declared).await?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let req: CheckRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                Problem::bad_request(format!("body: malformed JSON: {inner}"))
+            }
+            Category::Data if path != "." => Problem::bad_request(format!("{path}: {inner}")),
+            Category::Data => Problem::bad_request(format!("body: {inner}")),
+        }
+    })?;
+    if req.client.is_empty() || req.client.len() > MAX_CLIENT_LEN {
+        return Err(Problem::bad_request(format!(
+            "client: must be 1 to {MAX_CLIENT_LEN} bytes"
+        )));
+    }
+    let tier = match req.tier.as_deref() {
+        None => Tier::Anonymous,
+        Some(name) => name
+            .parse::<Tier>()
+            .map_err(|e| Problem::bad_request(format!("tier: {e}")))?,
+    };
+    let cost = req.cost.unwrap_or(1);
+    let policy = state.tiers.get(tier);
+    if cost == 0 {
+        return Err(Problem::bad_request("cost: must be at least 1"));
+    }
+    if !policy.is_unlimited() {
+        bucket::validate(policy.quotas(), cost).map_err(|e| cost_problem(tier, &e))?;
+    }
+
+    let key = state.hasher.hash(&req.client);
+    let started = Instant::now();
+    match state.limiter.check(&key, policy, cost).await {
+        Ok(decision) => {
+            let latency = if decision.backend == limiter_core::Backend::None {
+                Duration::ZERO
+            } else {
+                started.elapsed()
+            };
+            limiter_http::telemetry::record_decision(tier, &decision, latency);
+            Ok(CheckResponse::new(tier, &decision))
+        }
+        Err(e) if e.is_invalid_input() || e.is_insufficient_capacity() => {
+            Err(cost_problem(tier, &e))
+        }
+        Err(e) => {
+            limiter_http::telemetry::record_error(tier, &e, started.elapsed());
+            tracing::error!(error = %e, client = %key, "check failed");
+            Err(Problem {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                detail: "the rate limiter could not decide; retry shortly".into(),
+            })
+        }
+    }
+}
+
+fn cost_problem(tier: Tier, e: &Error) -> Problem {
+    match e {
+        Error::InsufficientCapacity { cost, capacity } => Problem::bad_request(format!(
+            "cost: {cost} exceeds the capacity {capacity} of tier {tier}: the request could never pass"
+        )),
+        e => Problem::bad_request(format!("cost: {e}")),
+    }
+}
+
+/// `Retry-After: 1` on 503s from this module.
+fn with_retry(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The declared body length, if any.
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,116 @@
+//! `ratelimitd`: see `ratelimitd --help` and `docs/ratelimitd.md`.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use limiter_http::ApiKeys;
+use limiter_server::{App, Cli, Command, Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::HashKey) = cli.command {
+        return hash_key();
+    }
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ratelimitd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Config) = cli.command {
+        println!("{}", config.redacted_json());
+        return ExitCode::SUCCESS;
+    }
+    init_logs(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ratelimitd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ratelimitd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::new(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, backend = app.backend_name(), "listening");
+    let service = app
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown(app.clone()));
+    let (served, ()) = tokio::join!(server, app.start());
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C: stop accepting, report draining, finish the requests in flight.
+async fn shutdown(app: App) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    app.drain();
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Reads one API key from standard input and prints its SHA-256: the key never appears on a
+/// command line or in shell history.
+fn hash_key() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("ratelimitd: cannot read the key from standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = line.trim_end_matches(['\r', '\n']);
+    if key.is_empty() {
+        eprintln!("ratelimitd: no key on standard input");
+        return ExitCode::from(2);
+    }
+    println!("{}", ApiKeys::hash_key(key));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,242 @@
+//! Shared by the `ratelimitd` tests: the real binary started as a child process, talked to
+//! over real HTTP, its logs captured; and a real Redis for the fleet.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses a different part"
+)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test support: a failure must stop the test and say why"
+)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use testcontainers::core::IntoContainerPort;
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ImageExt};
+use testcontainers_modules::redis::Redis;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ratelimitd");
+pub const SECRET: &str = "ratelimitd tests: shared secret";
+
+/// A `ratelimitd` command with none of this process's `RATELIMIT_*` variables.
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RATELIMIT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "debug");
+    cmd
+}
+
+/// A running `ratelimitd`; killed when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `ratelimitd` on a free loopback port with `args` (plus JSON logs).
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(command(), args)
+    }
+
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Self {
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ratelimitd");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["message"] == "listening"
+                {
+                    let addr = event["addr"].as_str().unwrap().parse::<SocketAddr>();
+                    let _ = addr_tx.send(addr.unwrap());
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = stderr.read_to_string(&mut buf);
+            sink.lock().unwrap().push_str(&buf);
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "ratelimitd did not start; output:\n{}",
+                    logs.lock().unwrap()
+                )
+            });
+        Self { addr, child, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the process printed so far, stdout and stderr.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ratelimitd did not exit in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ratelimitd <args>` run to completion: (exit code, stdout, stderr). A process still
+/// running after 20 s (a server that should have refused to start) is killed: a failure.
+pub fn run(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ratelimitd");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "ratelimitd {args:?} was still running after 20 s; output:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `contents` to a fresh file and returns it (kept until dropped).
+pub fn config_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+    file
+}
+
+pub fn path(file: &tempfile::NamedTempFile) -> &str {
+    file.path().to_str().unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// `POST /v1/check` with `body`: (status, JSON answer).
+pub async fn check(
+    http: &reqwest::Client,
+    server: &Server,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let res = http
+        .post(server.url("/v1/check"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// A name no other test run uses, so tests can share one Redis.
+pub fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{label}-{}-{nanos}", std::process::id())
+}
+
+pub const HELP: &str = "these tests need a real Redis: install Docker (apt-get install docker.io), \
+    start it and run scripts/images.sh, or set REDIS_URL to a Redis you run";
+
+/// The Redis at `REDIS_URL`, or a new `redis:7` container (removed when dropped).
+pub struct TestRedis {
+    pub url: String,
+    _container: Option<ContainerAsync<Redis>>,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        if let Ok(url) = std::env::var("REDIS_URL")
+            && !url.is_empty()
+        {
+            return Self {
+                url,
+                _container: None,
+            };
+        }
+        let container = Redis::default()
+            .with_tag("7")
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("cannot start a redis:7 container ({e}); {HELP}"));
+        let host = container.get_host().await.expect("container host");
+        let port = container
+            .get_host_port_ipv4(6379.tcp())
+            .await
+            .expect("container port");
+        Self {
+            url: format!("redis://{host}:{port}"),
+            _container: Some(container),
+        }
+    }
+}
