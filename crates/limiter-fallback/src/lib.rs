@@ -264,6 +264,34 @@ where
         }
     }
 
+    /// Asks the primary once, within the deadline, before any check does (the primary's
+    /// `ping`, which for Redis opens its connections). If it is unavailable the circuit opens
+    /// now: the first checks go straight to the outage policy instead of each finding out,
+    /// and the probe starts looking for the primary.
+    ///
+    /// # Errors
+    /// Why the primary could not be reached (the fallback serves meanwhile).
+    pub async fn warm_up(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let deadline = inner.config.deadline;
+        let error = match tokio::time::timeout(deadline, inner.primary.ping()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if !e.is_unavailable() => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => Error::Timeout {
+                backend: "primary",
+                after: deadline,
+            },
+        };
+        if error.is_timeout() {
+            inner.timeouts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inner.unavailable_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.open(&error);
+        Err(error)
+    }
+
     /// The settings in force.
     pub fn config(&self) -> &FallbackConfig {
         &self.inner.config

@@ -221,3 +221,26 @@ fn nonsense_settings_are_refused() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn warm_up_opens_the_circuit_before_any_check_when_the_primary_is_down() {
+    let (fallback, _) = setup(config());
+    fallback.warm_up().await.unwrap();
+    assert_eq!(fallback.state(), CircuitState::Closed);
+
+    let (fallback, primary_down) = setup(config());
+    primary_down.set(HANG);
+    let started = tokio::time::Instant::now();
+    assert!(fallback.warm_up().await.unwrap_err().is_timeout());
+    assert_eq!(started.elapsed(), config().deadline, "warm-up waits one deadline at most");
+    assert_eq!(fallback.state(), CircuitState::Open);
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert!(d.degraded);
+    assert_eq!(primary_down.checks.load(Ordering::SeqCst), 0);
+    assert_eq!(fallback.stats().opened, 1);
+
+    // The probe finds it back as usual.
+    primary_down.set(UP);
+    tokio::time::sleep(config().probe_interval + Duration::from_millis(1)).await;
+    assert_eq!(fallback.state(), CircuitState::Closed);
+}
