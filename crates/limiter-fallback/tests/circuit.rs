@@ -232,7 +232,11 @@ async fn warm_up_opens_the_circuit_before_any_check_when_the_primary_is_down() {
     primary_down.set(HANG);
     let started = tokio::time::Instant::now();
     assert!(fallback.warm_up().await.unwrap_err().is_timeout());
-    assert_eq!(started.elapsed(), config().deadline, "warm-up waits one deadline at most");
+    assert_eq!(
+        started.elapsed(),
+        config().deadline,
+        "warm-up waits one deadline at most"
+    );
     assert_eq!(fallback.state(), CircuitState::Open);
     let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
     assert!(d.degraded);

@@ -161,7 +161,7 @@ impl App {
     /// A Redis that does not answer is logged, not fatal: the fallback serves meanwhile.
     pub async fn start(&self) {
         if let Backend::Redis(fallback) = &self.state.backend {
-            match fallback.primary().warm_up().await {
+            match fallback.warm_up().await {
                 Ok(()) => tracing::info!("redis answered"),
                 Err(e) => {
                     tracing::warn!(error = %e, "redis unavailable at start: serving from memory until it answers")

@@ -44,7 +44,7 @@ pub fn command() -> Command {
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
-    logs: Arc<Mutex<String>>,
+    pub logs: Arc<Mutex<String>>,
 }
 
 impl Server {
