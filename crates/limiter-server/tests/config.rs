@@ -204,3 +204,19 @@ fn hash_key_prints_the_sha256_of_stdin() {
         limiter_http::ApiKeys::hash_key("my-api-key")
     );
 }
+
+#[test]
+fn the_example_file_states_exactly_the_defaults() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let example = std::fs::read_to_string(format!("{root}/ratelimitd.example.toml")).unwrap();
+    assert_eq!(
+        effective(Some(&example), &[], &[]),
+        effective(None, &[], &[])
+    );
+    // And the fleet's file is valid.
+    let fleet = std::fs::read_to_string(format!("{root}/docker/ratelimitd.toml")).unwrap();
+    assert_eq!(
+        effective(Some(&fleet), &[], &[])["api_keys"][0]["tier"],
+        "api_key"
+    );
+}
