@@ -139,6 +139,9 @@ pub struct RedisLimiter {
 #[derive(Default)]
 struct Slot {
     conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while the slot is being filled, so the callers that find it empty wait for one
+    /// new connection instead of each opening its own (a herd that exhausts the pool).
+    filling: tokio::sync::Mutex<()>,
 }
 
 impl RedisLimiter {
@@ -254,13 +257,18 @@ impl RedisLimiter {
 
     /// The connection of slot `i`, opened through the pool if the slot is empty.
     async fn connection(&self, i: usize) -> Result<(u64, MultiplexedConnection), Error> {
-        if let Some(kept) = self.slots[i].conn.lock().clone() {
+        let slot = &self.slots[i];
+        if let Some(kept) = slot.conn.lock().clone() {
             return Ok(kept);
+        }
+        let _filling = slot.filling.lock().await;
+        if let Some(kept) = slot.conn.lock().clone() {
+            return Ok(kept); // filled while this caller waited
         }
         let pooled = self.pool.get().await.map_err(classify_pool)?;
         let conn = deadpool_redis::Connection::take(pooled);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        *self.slots[i].conn.lock() = Some((generation, conn.clone()));
+        *slot.conn.lock() = Some((generation, conn.clone()));
         Ok((generation, conn))
     }
 
