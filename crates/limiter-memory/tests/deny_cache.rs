@@ -1,0 +1,128 @@
+//! The deny cache answers repeated denials locally and never changes a decision.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use limiter_core::{
+    ClientKey, Decision, Error, ManualClock, Policy, Quota, RateLimiter, async_trait,
+};
+use limiter_memory::{DenyCache, MemoryConfig, MemoryLimiter};
+use proptest::prelude::*;
+
+#[derive(Debug)]
+struct Counted {
+    memory: MemoryLimiter<ManualClock>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl RateLimiter for Counted {
+    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.memory.check(key, policy, cost).await
+    }
+}
+
+fn memory(clock: &ManualClock) -> MemoryLimiter<ManualClock> {
+    MemoryLimiter::with_clock(MemoryConfig::default(), clock.clone()).unwrap()
+}
+
+fn cached(clock: &ManualClock, max: usize) -> DenyCache<Counted, ManualClock> {
+    let inner = Counted {
+        memory: memory(clock),
+        calls: AtomicUsize::new(0),
+    };
+    DenyCache::with_clock(inner, max, clock.clone())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn an_abusive_client_costs_one_backend_call_per_retry_after() {
+    let clock = ManualClock::new();
+    let limiter = cached(&clock, 1000);
+    let policy = Policy::new("p", [Quota::per_second(10).unwrap()]).unwrap();
+    let key = ClientKey::from(1);
+    block_on(async {
+        for _ in 0..10 {
+            assert!(limiter.check(&key, &policy, 1).await.unwrap().allowed);
+        }
+        // Denied: one token refills in 100 ms.
+        let first = limiter.check(&key, &policy, 1).await.unwrap();
+        assert_eq!(first.retry_after, Some(Duration::from_millis(100)));
+        let calls = limiter.inner().calls.load(Ordering::SeqCst);
+        for step in 1..100u64 {
+            clock.advance(Duration::from_micros(999)); // 99 ms in all
+            let d = limiter.check(&key, &policy, 1).await.unwrap();
+            assert!(!d.allowed);
+            assert_eq!(
+                d.retry_after,
+                Some(Duration::from_micros(100_000 - 999 * step))
+            );
+        }
+        assert_eq!(
+            limiter.inner().calls.load(Ordering::SeqCst),
+            calls,
+            "the backend was asked"
+        );
+        assert_eq!(limiter.hits(), 99);
+        clock.advance(Duration::from_millis(2));
+        assert!(limiter.check(&key, &policy, 1).await.unwrap().allowed);
+    });
+}
+
+#[test]
+fn the_cache_is_bounded() {
+    let clock = ManualClock::new();
+    let limiter = cached(&clock, 64);
+    let policy = Policy::new("p", [Quota::per_minute(1).unwrap()]).unwrap();
+    block_on(async {
+        for i in 0..10_000u128 {
+            let key = ClientKey::from(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+            limiter.check(&key, &policy, 1).await.unwrap();
+            limiter.check(&key, &policy, 1).await.unwrap();
+        }
+    });
+    assert!(limiter.len() <= 64, "{} denials cached", limiter.len());
+}
+
+proptest! {
+    /// Any trace of requests, costs and pauses gets the same decisions with and without the
+    /// cache in front.
+    #[test]
+    fn never_changes_a_decision(
+        steps in proptest::collection::vec((0u64..3, 1u64..4, 0u64..150_000), 1..300)
+    ) {
+        let clock = ManualClock::new();
+        let plain = memory(&clock);
+        let limiter = cached(&clock, 1000);
+        let policy = Policy::new("p", [
+            Quota::per_second(20).unwrap().allow_burst(5).unwrap(),
+            Quota::per_minute(200).unwrap(),
+        ]).unwrap();
+        block_on(async {
+            for (client, cost, pause_us) in steps {
+                let key = ClientKey::from(u128::from(client));
+                let expected = plain.check(&key, &policy, cost).await.unwrap();
+                let got = limiter.check(&key, &policy, cost).await.unwrap();
+                prop_assert_eq!(got.allowed, expected.allowed);
+                prop_assert_eq!(got.retry_after, expected.retry_after);
+                if got.allowed {
+                    prop_assert_eq!(got.remaining, expected.remaining);
+                } else {
+                    // As of the backend's denial: it may have refilled since, not to the cost.
+                    prop_assert!(got.remaining <= expected.remaining && expected.remaining < cost);
+                }
+                clock.advance(Duration::from_micros(pause_us));
+            }
+            Ok(())
+        })?;
+    }
+}
