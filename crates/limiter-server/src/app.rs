@@ -15,7 +15,7 @@ use limiter_fallback::{Fallback, OutagePolicy};
 use limiter_http::{
     ApiKeyOrIp, ApiKeys, ClientIp, OnError, RateLimitInfo, RateLimitLayer, UnknownKey,
 };
-use limiter_memory::{MemoryConfig, MemoryLimiter};
+use limiter_memory::{DenyCache, MemoryConfig, MemoryLimiter};
 use limiter_redis::{RedisConfig, RedisLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -31,7 +31,10 @@ pub(crate) type RedisFallback = Fallback<RedisLimiter, Arc<MemoryLimiter>>;
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
     Memory(Arc<MemoryLimiter>),
-    Redis(Arc<RedisFallback>),
+    Redis(
+        Arc<RedisFallback>,
+        Option<Arc<DenyCache<Arc<RedisFallback>>>>,
+    ),
 }
 
 /// What every handler shares.
@@ -94,12 +97,16 @@ impl App {
                 })?;
                 let fallback = Fallback::new(redis, memory, config.fallback)
                     .map_err(|e| ConfigError::field("fallback", e))?;
-                Backend::Redis(Arc::new(fallback))
+                let fallback = Arc::new(fallback);
+                let denials = (config.deny_cache_entries > 0)
+                    .then(|| Arc::new(DenyCache::new(fallback.clone(), config.deny_cache_entries)));
+                Backend::Redis(fallback, denials)
             }
         };
         let limiter: Arc<dyn RateLimiter> = match &backend {
             Backend::Memory(m) => m.clone(),
-            Backend::Redis(f) => f.clone(),
+            Backend::Redis(_, Some(cached)) => cached.clone(),
+            Backend::Redis(f, None) => f.clone(),
         };
 
         let mut keys = ApiKeys::new().unknown(match config.unknown_api_keys {
@@ -160,7 +167,7 @@ impl App {
     /// Opens the backend's connections (bounded by its timeouts), then reports started.
     /// A Redis that does not answer is logged, not fatal: the fallback serves meanwhile.
     pub async fn start(&self) {
-        if let Backend::Redis(fallback) = &self.state.backend {
+        if let Backend::Redis(fallback, _) = &self.state.backend {
             match fallback.warm_up().await {
                 Ok(()) => tracing::info!("redis answered"),
                 Err(e) => {
@@ -180,7 +187,7 @@ impl App {
     pub fn backend_name(&self) -> &'static str {
         match self.state.backend {
             Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
+            Backend::Redis(..) => "redis",
         }
     }
 }
@@ -211,8 +218,11 @@ async fn whoami(Extension(info): Extension<RateLimitInfo>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
-    if let Backend::Redis(fallback) = &state.backend {
+    if let Backend::Redis(fallback, denials) = &state.backend {
         telemetry::record_fallback(&fallback.stats());
+        if let Some(denials) = denials {
+            metrics::counter!("ratelimit_deny_cache_hits_total").absolute(denials.hits());
+        }
     }
     state.metrics.run_upkeep();
     (

@@ -154,6 +154,9 @@ pub struct Config {
     pub unknown_api_keys: UnknownKeys,
     /// Known API keys, by SHA-256.
     pub api_keys: Vec<ApiKeyEntry>,
+    /// Denials remembered until their `retry_after` so repeats cost Redis nothing (with a
+    /// Redis URL). 0 turns the cache off. Default 100,000.
+    pub deny_cache_entries: usize,
     /// The policy of each tier; a tier not given keeps its default.
     pub tiers: TierPolicies,
     /// The in-memory limiter.
@@ -176,6 +179,7 @@ impl Default for Config {
             api_key_header: "x-api-key".to_owned(),
             unknown_api_keys: UnknownKeys::Anonymous,
             api_keys: Vec::new(),
+            deny_cache_entries: 100_000,
             tiers: TierPolicies::default(),
             memory: MemorySection::default(),
             redis: RedisSection::default(),

@@ -50,7 +50,7 @@ fn components(state: &AppState) -> (&'static str, Value) {
             "ok",
             json!({ "memory": { "status": "ok", "buckets": memory.len() } }),
         ),
-        Backend::Redis(fallback) => {
+        Backend::Redis(fallback, _) => {
             let stats = fallback.stats();
             let redis_ok = stats.state == CircuitState::Closed;
             let memory = fallback.local();

@@ -193,3 +193,48 @@ async fn sigterm_stops_gracefully() {
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_client_costs_redis_one_call_per_retry_after_per_worker() {
+    // Its own Redis: the test counts every EVALSHA.
+    let redis = TestRedis::container().await;
+    let key = unique("abuser");
+    let (_file, workers) = fleet(&redis, &key);
+    let http = client();
+    for w in &workers {
+        ready(&http, w).await;
+    }
+    // Use up the day's quota (one token refills every 288 s).
+    let mut admitted = 0;
+    while admitted < LIMIT {
+        let res = http
+            .get(workers[admitted % 3].url("/v1/whoami"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        admitted += 1;
+    }
+    let before = redis.calls("evalsha").await;
+    for i in 0..600 {
+        let res = http
+            .get(workers[i % 3].url("/v1/whoami"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((250..=288).contains(&wait), "Retry-After {wait}");
+    }
+    let calls = redis.calls("evalsha").await - before;
+    assert!(
+        calls <= 3,
+        "600 denied requests cost Redis {calls} checks (at most 1 per worker)"
+    );
+}

@@ -215,6 +215,28 @@ pub struct TestRedis {
 }
 
 impl TestRedis {
+    /// Calls of `command` (lowercase, as in `INFO commandstats`) so far.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let client = limiter_redis::redis::Client::open(self.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stats: String = limiter_redis::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// Always a new container: for counting the commands one test sends.
+    pub async fn container() -> Self {
+        Self::new_container().await
+    }
+
     pub async fn start() -> Self {
         if let Ok(url) = std::env::var("REDIS_URL")
             && !url.is_empty()
@@ -224,6 +246,10 @@ impl TestRedis {
                 _container: None,
             };
         }
+        Self::new_container().await
+    }
+
+    async fn new_container() -> Self {
         let container = Redis::default()
             .with_tag("7")
             .start()
