@@ -10,17 +10,28 @@
 //!     --concurrency 32 --duration 10 [--api-key KEY] [--json]
 //! ```
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use limiter_core::{ClientKey, ClientKeyHasher, Policy, Quota, RateLimiter, Tier, TierPolicies};
+use limiter_fallback::{Fallback, FallbackConfig};
+use limiter_memory::{MemoryConfig, MemoryLimiter};
+use limiter_redis::{RedisConfig, RedisLimiter};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum BackendKind {
+    /// The in-process limiter.
+    Memory,
+    /// `RedisLimiter` on `--redis-url`.
+    Redis,
+    /// `Fallback` of Redis on `--redis-url` to memory.
+    Fallback,
     /// HTTP requests to `--url`: 2xx is allowed, 429 denied, anything else an error.
     Http,
 }
@@ -29,33 +40,57 @@ enum BackendKind {
 #[command(name = "limiter-bench", version, about)]
 struct Args {
     /// What to drive.
-    #[arg(long, value_enum, default_value = "http")]
+    #[arg(long, value_enum, default_value = "memory")]
     backend: BackendKind,
-    /// URL to request (repeat to spread requests over several workers).
-    #[arg(long = "url", value_name = "URL", required = true)]
+    /// Redis for the redis and fallback backends.
+    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// URL to request, for the http backend (repeat to spread requests over several).
+    #[arg(long = "url", value_name = "URL", required_if_eq("backend", "http"))]
     urls: Vec<String>,
-    /// Sent as `X-API-Key` on every request.
+    /// Sent as `X-API-Key` on every HTTP request.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
-    /// Requests in flight at once, each waiting for its answer before the next.
+    /// Checks in flight at once, each waiting for its answer before the next.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Seconds to run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Seconds to wait for the first URL to answer before starting.
+    /// Distinct clients, checked in turn (library backends).
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Tokens per check (library backends).
+    #[arg(long, default_value_t = 1)]
+    cost: u64,
+    /// The quota, per second per client (library backends). The default admits everything,
+    /// so every check takes the costlier path that writes.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    limit: u64,
+    /// Seconds to wait for the first URL to answer before starting (http).
     #[arg(long, default_value_t = 30.0)]
     wait: f64,
     /// Print the result as one JSON line (the default prints it pretty).
     #[arg(long)]
     json: bool,
+    /// Instead of measuring, serve `GET /` on this address for an HTTP load generator:
+    /// the route with the rate-limit layer (`--guarded`, memory backend, every request
+    /// admitted) or without it, so the two can be compared.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<SocketAddr>,
+    /// With `--serve`: put the rate-limit layer in front of the route.
+    #[arg(long)]
+    guarded: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     backend: BackendKind,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     urls: Vec<String>,
     concurrency: usize,
+    keys: u64,
+    cost: u64,
     duration_s: f64,
     checks: u64,
     checks_per_sec: f64,
@@ -74,6 +109,19 @@ struct Tally {
     errors: u64,
 }
 
+/// What one task drives.
+#[derive(Clone)]
+enum Target {
+    Limiter(Arc<dyn RateLimiter>, Arc<Policy>),
+    Http(reqwest::Client, Arc<[String]>, Option<Arc<str>>),
+}
+
+enum Outcome {
+    Allowed,
+    Denied,
+    Error,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let durations = (
@@ -86,8 +134,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    if args.concurrency == 0 || duration.is_zero() {
-        eprintln!("limiter-bench: --concurrency and --duration must be above zero");
+    if args.concurrency == 0 || duration.is_zero() || args.keys == 0 || args.cost == 0 {
+        eprintln!("limiter-bench: --concurrency, --duration, --keys and --cost must be above zero");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -100,6 +148,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.serve {
+        return match runtime.block_on(serve(addr, args.guarded)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("limiter-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(&args, duration, wait)) {
         Ok(report) => {
             let text = if args.json {
@@ -117,49 +174,105 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(args.concurrency)
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
-    wait_for(&http, &args.urls[0], wait).await?;
+async fn target(args: &Args) -> Result<Target, String> {
+    let policy = || -> Result<Arc<Policy>, String> {
+        let quota = Quota::per_second(args.limit).map_err(|e| format!("--limit: {e}"))?;
+        Ok(Arc::new(
+            Policy::new("bench", [quota]).map_err(|e| e.to_string())?,
+        ))
+    };
+    let memory = || MemoryLimiter::new(MemoryConfig::default()).map_err(|e| e.to_string());
+    let redis = || -> Result<RedisLimiter, String> {
+        RedisLimiter::new(RedisConfig::from_url(&args.redis_url)).map_err(|e| e.to_string())
+    };
+    let limiter: Arc<dyn RateLimiter> = match args.backend {
+        BackendKind::Http => {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .pool_max_idle_per_host(args.concurrency)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?;
+            let key = args.api_key.as_deref().map(Arc::from);
+            return Ok(Target::Http(http, args.urls.clone().into(), key));
+        }
+        BackendKind::Memory => Arc::new(memory()?),
+        BackendKind::Redis => {
+            let redis = redis()?;
+            redis.warm_up().await.map_err(|e| format!("redis: {e}"))?;
+            Arc::new(redis)
+        }
+        BackendKind::Fallback => {
+            let redis = redis()?;
+            redis.warm_up().await.map_err(|e| format!("redis: {e}"))?;
+            let fallback = Fallback::new(redis, memory()?, FallbackConfig::default());
+            Arc::new(fallback.map_err(|e| e.to_string())?)
+        }
+    };
+    Ok(Target::Limiter(limiter, policy()?))
+}
 
-    let urls: Arc<[String]> = args.urls.clone().into();
-    let api_key: Option<Arc<str>> = args.api_key.as_deref().map(Arc::from);
+impl Target {
+    async fn once(&self, i: u64, keys: u64, cost: u64) -> Outcome {
+        match self {
+            Target::Limiter(limiter, policy) => {
+                let key = ClientKey::from(u128::from(i % keys + 1));
+                match limiter.check(&key, policy, cost).await {
+                    Ok(d) if d.allowed => Outcome::Allowed,
+                    Ok(_) => Outcome::Denied,
+                    Err(_) => Outcome::Error,
+                }
+            }
+            Target::Http(http, urls, api_key) => {
+                // `i % len` is below `len`, a usize.
+                let url = &urls[usize::try_from(i % urls.len() as u64).unwrap_or(0)];
+                let mut request = http.get(url);
+                if let Some(key) = api_key {
+                    request = request.header("x-api-key", &**key);
+                }
+                match request.send().await {
+                    Ok(res) => {
+                        let status = res.status().as_u16();
+                        // Read the body so the connection is reused.
+                        match (status, res.bytes().await) {
+                            (_, Err(_)) => Outcome::Error,
+                            (200..=299, Ok(_)) => Outcome::Allowed,
+                            (429, Ok(_)) => Outcome::Denied,
+                            _ => Outcome::Error,
+                        }
+                    }
+                    Err(_) => Outcome::Error,
+                }
+            }
+        }
+    }
+}
+
+async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, String> {
+    let target = target(args).await?;
+    if let Target::Http(http, urls, _) = &target {
+        wait_for(http, &urls[0], wait).await?;
+    }
     let started = Instant::now();
     let until = started + duration;
+    let (keys, cost, step) = (args.keys, args.cost, args.concurrency as u64);
     let mut tasks = Vec::with_capacity(args.concurrency);
-    for task in 0..args.concurrency {
-        let (http, urls, api_key) = (http.clone(), urls.clone(), api_key.clone());
+    for task in 0..step {
+        let target = target.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = new_histogram();
             let mut tally = Tally::default();
             let mut i = task;
             while Instant::now() < until {
-                let mut request = http.get(&urls[i % urls.len()]);
-                if let Some(key) = &api_key {
-                    request = request.header("x-api-key", &**key);
-                }
-                i += 1;
                 let sent = Instant::now();
-                let outcome = match request.send().await {
-                    Ok(res) => {
-                        let status = res.status();
-                        // Read the body so the connection is reused.
-                        let body = res.bytes().await;
-                        match (status.as_u16(), body) {
-                            (_, Err(_)) => &mut tally.errors,
-                            (200..=299, Ok(_)) => &mut tally.allowed,
-                            (429, Ok(_)) => &mut tally.denied,
-                            _ => &mut tally.errors,
-                        }
-                    }
-                    Err(_) => &mut tally.errors,
-                };
-                *outcome += 1;
+                let outcome = target.once(i, keys, cost).await;
+                i += step;
                 let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 latencies.saturating_record(us.max(1));
+                match outcome {
+                    Outcome::Allowed => tally.allowed += 1,
+                    Outcome::Denied => tally.denied += 1,
+                    Outcome::Error => tally.errors += 1,
+                }
             }
             (latencies, tally)
         }));
@@ -179,6 +292,8 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
         backend: args.backend,
         urls: args.urls.clone(),
         concurrency: args.concurrency,
+        keys: args.keys,
+        cost: args.cost,
         duration_s: elapsed,
         checks,
         #[allow(clippy::cast_precision_loss, reason = "a rate, not a count")]
@@ -190,6 +305,41 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
         denied: tally.denied,
         errors: tally.errors,
     })
+}
+
+/// `GET /` answering "ok", behind the rate-limit layer or not: the two sides of the
+/// guarded-vs-unguarded comparison. The anonymous tier admits a billion per second, so
+/// every request does the whole check and is served.
+async fn serve(addr: SocketAddr, guarded: bool) -> Result<(), String> {
+    use axum::Router;
+    use axum::routing::get;
+
+    let mut app = Router::new().route("/", get(|| async { "ok" }));
+    if guarded {
+        let mut tiers = TierPolicies::default();
+        let quota = Quota::per_second(1_000_000_000).map_err(|e| e.to_string())?;
+        tiers
+            .set(Tier::Anonymous, [quota])
+            .map_err(|e| e.to_string())?;
+        let limiter =
+            Arc::new(MemoryLimiter::new(MemoryConfig::default()).map_err(|e| e.to_string())?);
+        let hasher =
+            ClientKeyHasher::new(b"limiter-bench serve secret").map_err(|e| e.to_string())?;
+        app = app.layer(limiter_http::RateLimitLayer::new(limiter, hasher).tiers(tiers));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("bind {addr}: {e}"))?;
+    eprintln!(
+        "limiter-bench: serving GET / on {addr} ({})",
+        if guarded { "guarded" } else { "unguarded" }
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 #[allow(clippy::expect_used, reason = "constant bounds, valid by construction")]
