@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use limiter_core::{ClientKey, Decision, Error, Tier};
 use pin_project_lite::pin_project;
 use serde_json::Map;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::headers::{insert_rate_limit_headers, problem, too_many_requests};
+use crate::headers::{problem, too_many_requests};
 use crate::identify::Rejection;
 use crate::layer::{OnError, Shared};
 use crate::service::RateLimitInfo;
@@ -50,7 +50,8 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            headers: Option<HeaderMap>,
+            // What the limit headers are made of, added to the inner response.
+            limits: Option<(Arc<Shared>, Tier, Decision)>,
         },
         Answered {
             response: Option<Response<Bytes>>,
@@ -83,9 +84,12 @@ where
         }
     }
 
-    pub(crate) fn calling(future: S::Future, headers: Option<HeaderMap>) -> Self {
+    pub(crate) fn calling(future: S::Future) -> Self {
         Self {
-            state: State::Calling { future, headers },
+            state: State::Calling {
+                future,
+                limits: None,
+            },
         }
     }
 
@@ -139,8 +143,6 @@ where
                         Ok(decision) => {
                             telemetry::record_decision(*tier, &decision, latency);
                             if decision.allowed {
-                                let mut headers = HeaderMap::new();
-                                insert_rate_limit_headers(&mut headers, policy, &decision);
                                 request.extensions_mut().insert(RateLimitInfo {
                                     tier: *tier,
                                     client: *client,
@@ -148,7 +150,7 @@ where
                                 });
                                 State::Calling {
                                     future: inner.call(request),
-                                    headers: Some(headers),
+                                    limits: Some((Arc::clone(shared), *tier, decision)),
                                 }
                             } else {
                                 tracing::debug!(
@@ -171,7 +173,7 @@ where
                                     tracing::warn!(target: "limiter_http", %error, client = %client, "rate limiter failed: request let through");
                                     State::Calling {
                                         future: inner.call(request),
-                                        headers: None,
+                                        limits: None,
                                     }
                                 }
                                 OnError::Deny => {
@@ -193,11 +195,11 @@ where
                     };
                     state.set(next);
                 }
-                StateProj::Calling { future, headers } => {
+                StateProj::Calling { future, limits } => {
                     let response = ready!(future.poll(cx))?;
                     let (mut parts, body) = response.into_parts();
-                    if let Some(headers) = headers.take() {
-                        parts.headers.extend(headers);
+                    if let Some((shared, tier, decision)) = limits.take() {
+                        shared.insert_headers(&mut parts.headers, tier, &decision);
                     }
                     return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
                 }

@@ -39,20 +39,10 @@ fn value(v: impl ToString) -> HeaderValue {
     HeaderValue::try_from(v.to_string()).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// Adds the rate-limit fields of `decision` under `policy` to `headers`; and `Retry-After`
-/// when denied.
-///
-/// `RateLimit`'s `t` is, when denied, the seconds until the request would pass (equal to
-/// `Retry-After`) and, when allowed, the seconds until the bucket is full.
-pub fn insert_rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
-    let Some(reported) = decision.quota else {
-        return; // unlimited: there is no limit to describe
-    };
-    headers.insert(X_RATELIMIT_LIMIT, value(decision.limit));
-    headers.insert(X_RATELIMIT_REMAINING, value(decision.remaining));
-    headers.insert(X_RATELIMIT_RESET, value(ceil_secs(decision.reset_after)));
-
-    let policies: Vec<String> = policy
+/// `RateLimit-Policy` for `policy`: it depends on the policy alone, so the layer makes it
+/// once per tier.
+pub(crate) fn policy_header(policy: &Policy) -> HeaderValue {
+    let items: Vec<String> = policy
         .quotas()
         .iter()
         .enumerate()
@@ -65,7 +55,36 @@ pub fn insert_rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, decis
             )
         })
         .collect();
-    headers.insert(RATELIMIT_POLICY, value(policies.join(", ")));
+    value(items.join(", "))
+}
+
+/// Adds the rate-limit fields of `decision` under `policy` to `headers`; and `Retry-After`
+/// when denied.
+///
+/// `RateLimit`'s `t` is, when denied, the seconds until the request would pass (equal to
+/// `Retry-After`) and, when allowed, the seconds until the bucket is full.
+pub fn insert_rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
+    insert_with_policy(headers, policy, &policy_header(policy), decision);
+}
+
+/// As [`insert_rate_limit_headers`], with `RateLimit-Policy` made beforehand.
+pub(crate) fn insert_with_policy(
+    headers: &mut HeaderMap,
+    policy: &Policy,
+    policy_value: &HeaderValue,
+    decision: &Decision,
+) {
+    let Some(reported) = decision.quota else {
+        return; // unlimited: there is no limit to describe
+    };
+    headers.reserve(6);
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(
+        X_RATELIMIT_RESET,
+        HeaderValue::from(ceil_secs(decision.reset_after)),
+    );
+    headers.insert(RATELIMIT_POLICY, policy_value.clone());
 
     let t = match decision.retry_after {
         Some(wait) => ceil_secs(wait),
@@ -80,7 +99,7 @@ pub fn insert_rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, decis
         )),
     );
     if let Some(wait) = decision.retry_after {
-        headers.insert(RETRY_AFTER, value(ceil_secs(wait)));
+        headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
     }
 }
 

@@ -2,9 +2,11 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
+use http::{HeaderMap, HeaderValue};
+use limiter_core::{ClientKeyHasher, Decision, RateLimiter, Tier, TierPolicies};
 use tower_layer::Layer;
 
+use crate::headers::{insert_with_policy, policy_header};
 use crate::identify::{ClientIp, Identify};
 use crate::service::RateLimit;
 
@@ -52,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<dyn RateLimiter>,
     pub(crate) hasher: ClientKeyHasher,
     pub(crate) tiers: Arc<TierPolicies>,
+    /// `RateLimit-Policy` of each tier, made once.
+    pub(crate) policy_headers: Arc<[HeaderValue; 4]>,
     pub(crate) identify: Arc<dyn Identify>,
     pub(crate) cost: u64,
     pub(crate) on_error: OnError,
@@ -62,11 +66,13 @@ impl RateLimitLayer {
     /// default tier policies, clients known by peer address (no trusted proxies), cost 1,
     /// [`OnError::Allow`].
     pub fn new(limiter: Arc<dyn RateLimiter>, hasher: ClientKeyHasher) -> Self {
+        let tiers = TierPolicies::default();
         Self {
             shared: Shared {
                 limiter,
                 hasher,
-                tiers: Arc::new(TierPolicies::default()),
+                policy_headers: policy_headers(&tiers),
+                tiers: Arc::new(tiers),
                 identify: Arc::new(ClientIp::new()),
                 cost: 1,
                 on_error: OnError::Allow,
@@ -76,6 +82,7 @@ impl RateLimitLayer {
 
     /// The policy of each tier.
     pub fn tiers(mut self, tiers: TierPolicies) -> Self {
+        self.shared.policy_headers = policy_headers(&tiers);
         self.shared.tiers = Arc::new(tiers);
         self
     }
@@ -97,6 +104,23 @@ impl RateLimitLayer {
     pub fn on_error(mut self, on_error: OnError) -> Self {
         self.shared.on_error = on_error;
         self
+    }
+}
+
+fn policy_headers(tiers: &TierPolicies) -> Arc<[HeaderValue; 4]> {
+    Arc::new(Tier::ALL.map(|tier| policy_header(tiers.get(tier))))
+}
+
+impl Shared {
+    /// Adds the limit headers of `decision` for `tier` to `headers`.
+    pub(crate) fn insert_headers(&self, headers: &mut HeaderMap, tier: Tier, decision: &Decision) {
+        let policy = self.tiers.get(tier);
+        insert_with_policy(
+            headers,
+            policy,
+            &self.policy_headers[tier as usize],
+            decision,
+        );
     }
 }
 

@@ -85,7 +85,7 @@ where
                 client,
                 decision,
             });
-            return ResponseFuture::calling(inner.call(request), None);
+            return ResponseFuture::calling(inner.call(request));
         }
 
         let shared = Arc::clone(&self.shared);
