@@ -146,7 +146,7 @@ where
                                 request.extensions_mut().insert(RateLimitInfo {
                                     tier: *tier,
                                     client: *client,
-                                    decision,
+                                    decision: Some(decision),
                                 });
                                 State::Calling {
                                     future: inner.call(request),
@@ -171,6 +171,11 @@ where
                             match shared.on_error {
                                 OnError::Allow => {
                                     tracing::warn!(target: "limiter_http", %error, client = %client, "rate limiter failed: request let through");
+                                    request.extensions_mut().insert(RateLimitInfo {
+                                        tier: *tier,
+                                        client: *client,
+                                        decision: None,
+                                    });
                                     State::Calling {
                                         future: inner.call(request),
                                         limits: None,

@@ -14,7 +14,8 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset`: seconds until it is full again.
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10): every quota of the policy.
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10): every quota of the policy,
+/// as `q` = its bucket's capacity per `w` = the seconds that bucket takes to refill.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10): the state of the reported quota.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -47,11 +48,13 @@ pub(crate) fn policy_header(policy: &Policy) -> HeaderValue {
         .iter()
         .enumerate()
         .map(|(i, q)| {
+            // The bucket as a window: its capacity, over the time it takes to refill from
+            // empty (the quota's period unless a burst was allowed), so `q` bounds `r`.
             format!(
                 "\"{}\";q={};w={}",
                 item_name(policy, i),
-                q.tokens(),
-                ceil_secs(q.period())
+                q.capacity(),
+                ceil_secs(q.full_refill())
             )
         })
         .collect();
@@ -130,10 +133,9 @@ pub fn too_many_requests(policy: &Policy, decision: &Decision) -> Response<Bytes
     let wait = decision.retry_after.unwrap_or_default();
     let mut extra = Map::new();
     extra.insert("policy".into(), policy.name().into());
-    extra.insert(
-        "retry_after_ms".into(),
-        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into(),
-    );
+    // Rounded up, as Retry-After is: a client that waits this long is not early.
+    let wait_ms = u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+    extra.insert("retry_after_ms".into(), wait_ms.into());
     let detail = format!(
         "rate limit of policy {} exceeded; retry in {} s",
         policy.name(),

@@ -102,13 +102,26 @@ where
 /// Anonymous clients, known by IP address.
 ///
 /// The address is the TCP peer's (axum's `ConnectInfo<SocketAddr>`, or a `SocketAddr` in the
-/// request extensions for plain hyper). Only when the peer is a trusted proxy are
-/// `Forwarded` (preferred) or `X-Forwarded-For` read, right to left, skipping trusted hops:
-/// the client is the first untrusted address. A client talking directly cannot name
-/// itself, so it cannot spoof its way to a fresh bucket.
+/// request extensions for plain hyper). Only when the peer is a trusted proxy is the one
+/// forwarding header the proxies write read ([`ForwardedHeader`], `X-Forwarded-For` by
+/// default), right to left, skipping trusted hops: the client is the first untrusted
+/// address. The other header is never read: proxies pass it through from the client
+/// untouched. A client talking directly cannot name itself, so it cannot spoof its way to a
+/// fresh bucket.
 #[derive(Clone, Debug, Default)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
+    header: ForwardedHeader,
+}
+
+/// Which forwarding header the trusted proxies write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, most cloud load balancers). The default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), its `for=` parameters.
+    Forwarded,
 }
 
 impl ClientIp {
@@ -121,6 +134,13 @@ impl ClientIp {
     #[must_use]
     pub fn trust_proxies(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         self.trusted.extend(networks);
+        self
+    }
+
+    /// Reads `header` from trusted proxies instead of `X-Forwarded-For`.
+    #[must_use]
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
         self
     }
 
@@ -141,10 +161,9 @@ impl ClientIp {
             return Some(peer);
         }
         let headers = &request.headers;
-        let hops = if headers.contains_key(FORWARDED) {
-            forwarded_for(headers)
-        } else {
-            x_forwarded_for(headers)
+        let hops = match self.header {
+            ForwardedHeader::XForwardedFor => x_forwarded_for(headers),
+            ForwardedHeader::Forwarded => forwarded_for(headers),
         };
         // Right to left: each trusted hop vouches for the one before it.
         let mut client = peer;
@@ -453,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_preferred_and_parsed() {
+    fn only_the_configured_header_is_read() {
         let p = parts(
             "10.0.0.2:80",
             &[
@@ -464,7 +483,9 @@ mod tests {
                 ("x-forwarded-for", "5.5.5.5"),
             ],
         );
-        assert_eq!(behind_lb().client_ip(&p), ip("2001:db8::7"));
+        assert_eq!(behind_lb().client_ip(&p), ip("5.5.5.5"));
+        let rfc7239 = behind_lb().forwarded_header(ForwardedHeader::Forwarded);
+        assert_eq!(rfc7239.client_ip(&p), ip("2001:db8::7"));
     }
 
     #[test]
@@ -475,7 +496,8 @@ mod tests {
         );
         assert_eq!(behind_lb().client_ip(&p), ip("10.0.0.3"));
         let p = parts("10.0.0.2:80", &[("forwarded", "for=_hidden")]);
-        assert_eq!(behind_lb().client_ip(&p), ip("10.0.0.2"));
+        let rfc7239 = behind_lb().forwarded_header(ForwardedHeader::Forwarded);
+        assert_eq!(rfc7239.client_ip(&p), ip("10.0.0.2"));
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub use headers::{
     insert_rate_limit_headers, problem, too_many_requests,
 };
 pub use identify::{
-    ApiKeyOrIp, ApiKeys, ClientIp, DEFAULT_API_KEY_HEADER, Identify, Identity, InvalidKeyHash,
-    Rejection, UnknownKey,
+    ApiKeyOrIp, ApiKeys, ClientIp, DEFAULT_API_KEY_HEADER, ForwardedHeader, Identify, Identity,
+    InvalidKeyHash, Rejection, UnknownKey,
 };
 pub use layer::{OnError, RateLimitLayer};
 pub use service::{RateLimit, RateLimitInfo};

@@ -17,8 +17,9 @@ pub struct RateLimitInfo {
     pub tier: Tier,
     /// The client's hashed identity (never the raw ID).
     pub client: ClientKey,
-    /// The decision that admitted the request.
-    pub decision: Decision,
+    /// The decision that admitted the request; `None` when the limiter could not decide and
+    /// the request was let through ([`OnError::Allow`](crate::OnError::Allow)).
+    pub decision: Option<Decision>,
 }
 
 /// A service guarded by a rate limit; made by [`RateLimitLayer`](crate::RateLimitLayer).
@@ -83,7 +84,7 @@ where
             request.extensions_mut().insert(RateLimitInfo {
                 tier,
                 client,
-                decision,
+                decision: Some(decision),
             });
             return ResponseFuture::calling(inner.call(request));
         }

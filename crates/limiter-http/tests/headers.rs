@@ -61,6 +61,8 @@ async fn the_101st_request_in_a_minute_is_429_with_a_problem_body() {
     assert_eq!(body["title"], "Too Many Requests");
     assert_eq!(body["policy"], "anonymous");
     assert_eq!(body["retry_after_ms"], 600);
+    // The advertised whole seconds cover the true wait.
+    assert!(retry_after * 1000 >= body["retry_after_ms"].as_u64().unwrap());
     assert!(body["detail"].as_str().unwrap().contains("retry in 1 s"));
 
     // Another client is untouched.

@@ -124,6 +124,25 @@ async fn a_trusted_proxy_is_believed() {
 }
 
 #[tokio::test]
+async fn a_forwarded_header_through_a_trusted_proxy_changes_nothing() {
+    // The load balancer writes X-Forwarded-For and passes the client's Forwarded along.
+    let trusted = ClientIp::new().trust_proxies(["10.0.0.0/8".parse().unwrap()]);
+    let app = app(layer(Counted::new()).identify(trusted));
+    for i in 0..100u64 {
+        let forged = format!("for=203.0.113.{}", i % 250);
+        let res = send(
+            &app,
+            request(
+                "10.0.0.2:80",
+                &[("forwarded", &forged), ("x-forwarded-for", "198.51.100.9")],
+            ),
+        )
+        .await;
+        assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 99 - i);
+    }
+}
+
+#[tokio::test]
 async fn huge_header_values_are_answered_not_panicked_on() {
     let app = app(layer(Counted::new()).identify(ApiKeyOrIp::new(
         keys(),

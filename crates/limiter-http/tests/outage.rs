@@ -46,3 +46,28 @@ async fn a_missing_peer_address_is_a_clear_answer() {
             .contains("client's address")
     );
 }
+
+#[tokio::test]
+async fn a_handler_reading_the_info_still_answers_when_the_limiter_fails() {
+    use axum::Extension;
+    use axum::routing::get;
+    use limiter_http::RateLimitInfo;
+
+    let app = axum::Router::new()
+        .route(
+            "/me",
+            get(|Extension(info): Extension<RateLimitInfo>| async move {
+                format!("{} {:?}", info.tier, info.decision.map(|d| d.remaining))
+            }),
+        )
+        .layer(layer(Arc::new(Broken)));
+    let mut req = request("198.51.100.1:1", &[]);
+    *req.uri_mut() = "/me".parse().unwrap();
+    let res = send(&app, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "anonymous None");
+}

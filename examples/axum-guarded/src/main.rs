@@ -21,10 +21,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/me",
             get(|Extension(info): Extension<RateLimitInfo>| async move {
-                format!(
-                    "tier {}, {} requests left\n",
-                    info.tier, info.decision.remaining
-                )
+                let left = info.decision.map(|d| d.remaining);
+                format!("tier {}, {left:?} requests left\n", info.tier)
             }),
         )
         .layer(limits);
