@@ -264,23 +264,23 @@ where
         }
     }
 
-    /// Asks the primary once, within the deadline, before any check does (the primary's
-    /// `ping`, which for Redis opens its connections). If it is unavailable the circuit opens
-    /// now: the first checks go straight to the outage policy instead of each finding out,
-    /// and the probe starts looking for the primary.
+    /// Asks the primary once, within `timeout`, before any check does (the primary's
+    /// `ping`, which for Redis opens every connection: give it longer than one check's
+    /// deadline). If it is unavailable the circuit opens now: the first checks go straight
+    /// to the outage policy instead of each finding out, and the probe starts looking for
+    /// the primary.
     ///
     /// # Errors
     /// Why the primary could not be reached (the fallback serves meanwhile).
-    pub async fn warm_up(&self) -> Result<(), Error> {
+    pub async fn warm_up(&self, timeout: Duration) -> Result<(), Error> {
         let inner = &self.inner;
-        let deadline = inner.config.deadline;
-        let error = match tokio::time::timeout(deadline, inner.primary.ping()).await {
+        let error = match tokio::time::timeout(timeout, inner.primary.ping()).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) if !e.is_unavailable() => return Err(e),
             Ok(Err(e)) => e,
             Err(_) => Error::Timeout {
                 backend: "primary",
-                after: deadline,
+                after: timeout,
             },
         };
         if error.is_timeout() {
@@ -351,11 +351,17 @@ where
                     Err(e) => return Err(e),
                 }
             }
-            OutagePolicy::Allow => Decision {
-                allowed: true,
-                retry_after: None,
-                ..self.refusal(policy)
-            },
+            OutagePolicy::Allow => {
+                let refusal = self.refusal(policy);
+                // Nothing was counted: report the bucket as full rather than empty.
+                Decision {
+                    allowed: true,
+                    remaining: refusal.limit,
+                    reset_after: Duration::ZERO,
+                    retry_after: None,
+                    ..refusal
+                }
+            }
             OutagePolicy::Deny => self.refusal(policy),
         };
         decision.degraded = true;

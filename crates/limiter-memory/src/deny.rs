@@ -18,7 +18,8 @@ const SHARDS: usize = 16;
 /// This never changes whether a request passes, nor its `retry_after`: a denied request
 /// takes no tokens, and a bucket refills at a fixed rate, so until `retry_after` has passed
 /// the backend would deny the same request again, with the same deadline; other workers'
-/// requests can only make the wait longer. A request of another cost or policy, or any
+/// requests can only make the wait longer. Degraded decisions (a fallback standing in for
+/// an unavailable backend) are never cached. A request of another cost or policy, or any
 /// request after the wait, goes to the backend. A cached answer's `remaining` is the one the
 /// backend gave (for a cost of `c`, fewer than `c` tokens; the bucket may have refilled up
 /// to `c - 1` since), and its `reset_after` has counted down.
@@ -179,7 +180,9 @@ impl<L: RateLimiter, C: Clock> RateLimiter for DenyCache<L, C> {
         if decision.allowed {
             // Tokens were taken: a denial held for another cost now has a longer wait.
             self.forget(key, policy);
-        } else {
+        } else if !decision.degraded {
+            // A stand-in's denial (a fallback's share, an outage refusal) says nothing about
+            // the real bucket once the backend is back: only the backend's own are kept.
             self.remember(key, policy, cost, now, decision);
         }
         Ok(decision)

@@ -93,6 +93,46 @@ fn the_cache_is_bounded() {
     assert!(limiter.len() <= 64, "{} denials cached", limiter.len());
 }
 
+/// Denies everything, as a fallback standing in for its backend would.
+#[derive(Debug)]
+struct StandIn(AtomicUsize);
+
+#[async_trait]
+impl RateLimiter for StandIn {
+    async fn check(&self, _: &ClientKey, _: &Policy, _: u64) -> Result<Decision, Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Decision {
+            allowed: false,
+            limit: 1,
+            remaining: 0,
+            reset_after: Duration::from_secs(60),
+            retry_after: Some(Duration::from_secs(60)),
+            backend: limiter_core::Backend::Memory,
+            degraded: true,
+            quota: Some(0),
+        })
+    }
+}
+
+#[test]
+fn degraded_denials_are_not_cached() {
+    let limiter = DenyCache::new(StandIn(AtomicUsize::new(0)), 100);
+    let policy = Policy::new("p", [Quota::per_minute(1).unwrap()]).unwrap();
+    block_on(async {
+        for _ in 0..5 {
+            assert!(
+                !limiter
+                    .check(&ClientKey::from(3), &policy, 1)
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+    });
+    assert_eq!(limiter.inner().0.load(Ordering::SeqCst), 5);
+    assert_eq!(limiter.hits(), 0);
+}
+
 proptest! {
     /// Any trace of requests, costs and pauses gets the same decisions with and without the
     /// cache in front.
