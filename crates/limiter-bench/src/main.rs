@@ -134,6 +134,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    if args.backend != BackendKind::Http && !args.urls.is_empty() {
+        eprintln!("limiter-bench: --url is for --backend http");
+        return ExitCode::from(2);
+    }
     if args.concurrency == 0 || duration.is_zero() || args.keys == 0 || args.cost == 0 {
         eprintln!("limiter-bench: --concurrency, --duration, --keys and --cost must be above zero");
         return ExitCode::from(2);

@@ -13,16 +13,22 @@ use axum::routing::{get, post};
 use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
 use limiter_fallback::{Fallback, OutagePolicy};
 use limiter_http::{
-    ApiKeyOrIp, ApiKeys, ClientIp, OnError, RateLimitInfo, RateLimitLayer, UnknownKey,
+    ApiKeyOrIp, ApiKeys, ClientIp, ForwardedHeader, OnError, RateLimitInfo, RateLimitLayer,
+    UnknownKey,
 };
 use limiter_memory::{DenyCache, MemoryConfig, MemoryLimiter};
 use limiter_redis::{RedisConfig, RedisLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::config::{Config, ConfigError, UnknownKeys, http_header_name, redact_url};
+use crate::config::{
+    Config, ConfigError, ForwardedHeaderName, UnknownKeys, http_header_name, redact_url,
+};
 use crate::problem::Problem;
 use crate::{check, health, telemetry};
+
+/// Longest start-up wait for Redis to answer on every connection.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Redis first, memory when Redis is unavailable.
 pub(crate) type RedisFallback = Fallback<RedisLimiter, Arc<MemoryLimiter>>;
@@ -121,9 +127,15 @@ impl App {
                 .with_hash(&entry.sha256, entry.tier)
                 .map_err(|e| ConfigError::field(&format!("api_keys[{i}].sha256"), e))?;
         }
+        let forwarded = match config.forwarded_header {
+            ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
+            ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
+        };
         let identify = ApiKeyOrIp::new(
             keys,
-            ClientIp::new().trust_proxies(config.trusted_proxies.iter().copied()),
+            ClientIp::new()
+                .trust_proxies(config.trusted_proxies.iter().copied())
+                .forwarded_header(forwarded),
         );
         let tiers = Arc::new(config.tiers.clone());
         let guard = RateLimitLayer::new(limiter.clone(), hasher.clone())
@@ -168,7 +180,8 @@ impl App {
     /// A Redis that does not answer is logged, not fatal: the fallback serves meanwhile.
     pub async fn start(&self) {
         if let Backend::Redis(fallback, _) = &self.state.backend {
-            match fallback.warm_up().await {
+            // Opening every connection may take longer than one check's deadline.
+            match fallback.warm_up(WARM_UP_TIMEOUT).await {
                 Ok(()) => tracing::info!("redis answered"),
                 Err(e) => {
                     tracing::warn!(error = %e, "redis unavailable at start: serving from memory until it answers")
@@ -205,13 +218,14 @@ fn random_secret() -> Result<Vec<u8>, ConfigError> {
 
 /// `GET /v1/whoami`, guarded: who the middleware took the caller for.
 async fn whoami(Extension(info): Extension<RateLimitInfo>) -> Response {
-    let limited = info.decision.quota.is_some();
+    // No decision: the limiter failed and the request was let through.
+    let limited = info.decision.filter(|d| d.quota.is_some());
     axum::Json(json!({
         "tier": info.tier,
         "client": info.client.to_string(),
-        "limit": limited.then_some(info.decision.limit),
-        "remaining": limited.then_some(info.decision.remaining),
-        "backend": info.decision.backend.as_str(),
+        "limit": limited.map(|d| d.limit),
+        "remaining": limited.map(|d| d.remaining),
+        "backend": info.decision.map_or("none", |d| d.backend.as_str()),
     }))
     .into_response()
 }

@@ -67,6 +67,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// The forwarding header trusted proxies write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderName {
+    /// `X-Forwarded-For`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
 /// What to do with an API key that is not in the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,12 +159,18 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed (CIDR networks).
     pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding header trusted proxies write: `x-forwarded-for` (default) or
+    /// `forwarded`. The other is never read.
+    pub forwarded_header: ForwardedHeaderName,
     /// Header carrying API keys. Default `x-api-key`.
     pub api_key_header: String,
     /// What an unknown API key gets: `anonymous` (default) or `reject` (401).
     pub unknown_api_keys: UnknownKeys,
     /// Known API keys, by SHA-256.
     pub api_keys: Vec<ApiKeyEntry>,
+    /// After SIGTERM: how long readiness says `draining` before the listener closes, so
+    /// balancers stop sending first. Default 2000.
+    pub shutdown_grace_ms: u64,
     /// Denials remembered until their `retry_after` so repeats cost Redis nothing (with a
     /// Redis URL). 0 turns the cache off. Default 100,000.
     pub deny_cache_entries: usize,
@@ -176,10 +193,12 @@ impl Default for Config {
             log_format: LogFormat::Text,
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeaderName::XForwardedFor,
             api_key_header: "x-api-key".to_owned(),
             unknown_api_keys: UnknownKeys::Anonymous,
             api_keys: Vec::new(),
             deny_cache_entries: 100_000,
+            shutdown_grace_ms: 2_000,
             tiers: TierPolicies::default(),
             memory: MemorySection::default(),
             redis: RedisSection::default(),
@@ -243,7 +262,14 @@ impl Config {
 
     fn load_from(cli: &Cli, env: Env) -> Result<Self, ConfigError> {
         // Precedence, lowest first: defaults, file, environment, flags.
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        // The tiers are left out of the defaults layer: figment merges tables key by key, so
+        // a default tier's `quotas` would survive under a file's `unlimited = true` (and the
+        // reverse). Absent tiers get their defaults from `TierPolicies`'s own parsing.
+        let mut defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        if let Some(obj) = defaults.as_object_mut() {
+            obj.remove("tiers");
+        }
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         if let Some(path) = &cli.config {
             figment = figment.merge(Toml::file_exact(checked_file(path)?));
         }

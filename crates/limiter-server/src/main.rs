@@ -3,6 +3,7 @@
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use limiter_http::ApiKeys;
@@ -65,15 +66,18 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let service = app
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown(app.clone()));
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let server =
+        axum::serve(listener, service).with_graceful_shutdown(shutdown(app.clone(), grace));
     let (served, ()) = tokio::join!(server, app.start());
     served?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C: stop accepting, report draining, finish the requests in flight.
-async fn shutdown(app: App) {
+/// SIGTERM: report `draining` for `grace` (balancers stop sending), then stop accepting and
+/// finish the requests in flight. Ctrl-C: the same without the wait.
+async fn shutdown(app: App, grace: Duration) {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -90,11 +94,16 @@ async fn shutdown(app: App) {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    let wait = tokio::select! {
+        () = ctrl_c => Duration::ZERO,
+        () = term => grace,
+    };
     app.drain();
+    tracing::info!(
+        grace_ms = wait.as_millis(),
+        "draining: readiness answers 503"
+    );
+    tokio::time::sleep(wait).await;
     tracing::info!("shutting down: finishing requests in flight");
 }
 

@@ -220,3 +220,20 @@ fn the_example_file_states_exactly_the_defaults() {
         "api_key"
     );
 }
+
+#[test]
+fn a_tier_can_become_unlimited_or_limited() {
+    let file = "[tiers.anonymous]\nunlimited = true\n[tiers.admin]\nquotas = [{ limit = 7, period = \"1s\" }]\n";
+    let shown = effective(Some(file), &[], &[]);
+    assert_eq!(shown["tiers"]["anonymous"]["unlimited"], true, "{shown}");
+    assert!(
+        shown["tiers"]["anonymous"].get("quotas").is_none(),
+        "{shown}"
+    );
+    assert_eq!(shown["tiers"]["admin"]["quotas"][0]["limit"], 7, "{shown}");
+    // Tiers not given keep their defaults.
+    assert_eq!(
+        shown["tiers"]["premium"]["quotas"][0]["limit"], 5000,
+        "{shown}"
+    );
+}

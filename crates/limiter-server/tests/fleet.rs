@@ -161,8 +161,15 @@ async fn without_redis_the_workers_answer_from_memory_and_say_degraded() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_gracefully() {
-    let server = Server::start(&[]);
+async fn sigterm_drains_then_stops() {
+    let server = Server::start_with(
+        {
+            let mut cmd = command();
+            cmd.env("RATELIMIT_SHUTDOWN_GRACE_MS", "1500");
+            cmd
+        },
+        &[],
+    );
     let http = client();
     assert_eq!(
         http.get(server.url("/health/live"))
@@ -184,6 +191,27 @@ async fn sigterm_stops_gracefully() {
         .status()
         .unwrap();
     assert!(status.success());
+    // During the grace period readiness says so, and requests are still served.
+    let mut draining = false;
+    for _ in 0..100 {
+        let res = http.get(server.url("/health/ready")).send().await.unwrap();
+        if res.status() == 503 {
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["status"], "draining");
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(draining, "readiness never said draining");
+    assert_eq!(
+        http.get(server.url("/v1/whoami"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let logs = server.logs.clone();
     let exit = server.wait(Duration::from_secs(10));
     assert!(exit.success(), "exit {exit:?}");
