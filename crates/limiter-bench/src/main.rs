@@ -89,8 +89,12 @@ struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     urls: Vec<String>,
     concurrency: usize,
-    keys: u64,
-    cost: u64,
+    /// Library backends only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<u64>,
+    /// Library backends only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<u64>,
     duration_s: f64,
     checks: u64,
     checks_per_sec: f64,
@@ -296,8 +300,8 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
         backend: args.backend,
         urls: args.urls.clone(),
         concurrency: args.concurrency,
-        keys: args.keys,
-        cost: args.cost,
+        keys: (args.backend != BackendKind::Http).then_some(args.keys),
+        cost: (args.backend != BackendKind::Http).then_some(args.cost),
         duration_s: elapsed,
         checks,
         #[allow(clippy::cast_precision_loss, reason = "a rate, not a count")]
