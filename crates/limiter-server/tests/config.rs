@@ -6,8 +6,14 @@ mod support;
 use serde_json::Value;
 use support::*;
 
-/// The effective configuration `ratelimitd config` prints for these inputs.
-fn effective(file: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> Value {
+/// Runs `ratelimitd` with a config file holding `file` (if any), the `env` variables, the
+/// `flags`, then `last` (a subcommand, or nothing for a real start).
+fn run_with(
+    file: Option<&str>,
+    env: &[(&str, &str)],
+    flags: &[&str],
+    last: &[&str],
+) -> (i32, String, String) {
     let file = file.map(config_file);
     let mut cmd = command();
     for (k, v) in env {
@@ -17,8 +23,13 @@ fn effective(file: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> Value 
     if let Some(f) = &file {
         args.extend(["--config", path(f)]);
     }
-    args.push("config");
-    let (code, out, err) = run(cmd, &args);
+    args.extend(last);
+    run(cmd, &args)
+}
+
+/// The effective configuration `ratelimitd config` prints for these inputs.
+fn effective(file: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> Value {
+    let (code, out, err) = run_with(file, env, flags, &["config"]);
     assert_eq!(code, 0, "ratelimitd config failed: {err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -84,17 +95,8 @@ fn the_config_path_and_secrets_come_from_the_environment_too() {
 }
 
 fn refused(file: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> String {
-    let file = file.map(config_file);
-    let mut cmd = command();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut args: Vec<&str> = flags.to_vec();
-    if let Some(f) = &file {
-        args.extend(["--config", path(f)]);
-    }
     // Not `config`: the real start-up must refuse, before binding anything.
-    let (code, out, err) = run(cmd, &args);
+    let (code, out, err) = run_with(file, env, flags, &[]);
     assert_eq!(code, 2, "expected exit code 2; stdout {out}\nstderr {err}");
     assert!(!err.contains("panicked"), "{err}");
     err

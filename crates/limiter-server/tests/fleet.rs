@@ -140,14 +140,7 @@ async fn without_redis_the_workers_answer_from_memory_and_say_degraded() {
     let (status, d) = check(&http, &server, json!({ "client": "c" })).await;
     assert_eq!((status, d["degraded"].clone()), (200, json!(true)));
 
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&http, &server).await;
     assert!(metrics.contains("ratelimit_fallback_active 1"), "{metrics}");
     assert!(
         metrics.contains(r#"ratelimit_fallback_state{state="closed"} 0"#),

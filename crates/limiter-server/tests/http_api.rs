@@ -276,14 +276,7 @@ async fn raw_keys_and_client_ids_never_reach_logs_or_metrics() {
     // Denials happened (logged at debug, which the server runs at here).
     let (_, d) = check(&http, &server, json!({ "client": raw_client })).await;
     assert_eq!(d["allowed"], false);
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&http, &server).await;
     assert!(metrics.contains("ratelimit_checks_total"), "{metrics}");
     assert!(metrics.contains(r#"tier="premium""#));
     assert!(metrics.contains(r#"outcome="denied""#));

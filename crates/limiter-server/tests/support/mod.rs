@@ -197,6 +197,12 @@ pub async fn check(
     (status, res.json().await.unwrap())
 }
 
+/// `GET /metrics` as text.
+pub async fn metrics(http: &reqwest::Client, server: &Server) -> String {
+    let res = http.get(server.url("/metrics")).send().await.unwrap();
+    res.text().await.unwrap()
+}
+
 /// A name no other test run uses, so tests can share one Redis.
 pub fn unique(label: &str) -> String {
     let nanos = std::time::SystemTime::now()
