@@ -115,7 +115,8 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-fn redacted(url: &str) -> String {
+/// `url` with any credentials replaced by `<redacted>`, for logs and error messages.
+pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://<redacted>{}", &url[..scheme], &url[at..])

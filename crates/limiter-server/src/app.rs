@@ -21,9 +21,7 @@ use limiter_redis::{RedisConfig, RedisLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::config::{
-    Config, ConfigError, ForwardedHeaderName, UnknownKeys, http_header_name, redact_url,
-};
+use crate::config::{Config, ConfigError, ForwardedHeaderName, UnknownKeys, http_header_name};
 use crate::problem::Problem;
 use crate::{check, health, telemetry};
 
@@ -99,7 +97,10 @@ impl App {
                 redis.connect_timeout = Duration::from_millis(config.redis.connect_timeout_ms);
                 redis.response_timeout = Duration::from_millis(config.redis.response_timeout_ms);
                 let redis = RedisLimiter::new(redis).map_err(|e| {
-                    ConfigError::field("redis_url", format_args!("{} ({e})", redact_url(url)))
+                    ConfigError::field(
+                        "redis_url",
+                        format_args!("{} ({e})", limiter_redis::redacted(url)),
+                    )
                 })?;
                 let fallback = Fallback::new(redis, memory, config.fallback)
                     .map_err(|e| ConfigError::field("fallback", e))?;

@@ -381,7 +381,7 @@ impl Config {
                 obj.insert("hash_secret".into(), "<redacted>".into());
             }
             if let Some(url) = self.redis_url.as_deref() {
-                obj.insert("redis_url".into(), redact_url(url).into());
+                obj.insert("redis_url".into(), limiter_redis::redacted(url).into());
             }
         }
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -394,16 +394,6 @@ pub(crate) fn http_header_name(name: &str) -> Option<axum::http::HeaderName> {
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `scheme://<redacted>@host…` when the URL has credentials.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://<redacted>{}", &url[..scheme], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn checked_file(path: &Path) -> Result<&Path, ConfigError> {
