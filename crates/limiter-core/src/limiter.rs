@@ -24,6 +24,23 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// takes them.
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error>;
 
+    /// Decides at once when the backend can without waiting on I/O, with exactly the effect
+    /// of [`check`](Self::check) (tokens are taken); `None` when it cannot, and then nothing
+    /// happened: call `check`.
+    ///
+    /// In-process backends always can; a cache can for what it holds. Hot paths such as the
+    /// HTTP layer try this first, which saves the boxed future of an `async` call. The
+    /// default answers `None`.
+    fn check_now(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Option<Result<Decision, Error>> {
+        let _ = (key, policy, cost);
+        None
+    }
+
     /// Whether the backend could decide now, deciding nothing: one cheap round trip, for
     /// health checks and for a fallback's probe. A backend with nothing to reach is always
     /// ready, which is the default.
@@ -38,6 +55,15 @@ impl<T: RateLimiter + ?Sized> RateLimiter for Arc<T> {
         (**self).check(key, policy, cost).await
     }
 
+    fn check_now(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Option<Result<Decision, Error>> {
+        (**self).check_now(key, policy, cost)
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         (**self).ping().await
     }
@@ -49,6 +75,15 @@ impl<T: RateLimiter + ?Sized> RateLimiter for Box<T> {
         (**self).check(key, policy, cost).await
     }
 
+    fn check_now(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Option<Result<Decision, Error>> {
+        (**self).check_now(key, policy, cost)
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         (**self).ping().await
     }
@@ -58,6 +93,15 @@ impl<T: RateLimiter + ?Sized> RateLimiter for Box<T> {
 impl<T: RateLimiter + ?Sized> RateLimiter for &T {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
         (**self).check(key, policy, cost).await
+    }
+
+    fn check_now(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Option<Result<Decision, Error>> {
+        (**self).check_now(key, policy, cost)
     }
 
     async fn ping(&self) -> Result<(), Error> {

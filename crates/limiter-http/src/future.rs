@@ -21,6 +21,16 @@ use crate::telemetry;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
+/// The limit check: decided at once by the backend ([`RateLimiter::check_now`]), or a
+/// future to wait on.
+///
+/// [`RateLimiter::check_now`]: limiter_core::RateLimiter::check_now
+pub(crate) enum Check {
+    /// Decided; `None` once taken.
+    Ready(Option<Result<Decision, Error>>),
+    Pending(CheckFuture),
+}
+
 pin_project! {
     /// The response of a [`RateLimit`](crate::RateLimit) service: the limit check, then the
     /// inner service (allowed) or a response written here (denied, rejected).
@@ -40,7 +50,7 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         Checking {
-            check: CheckFuture,
+            check: Check,
             pending: Option<(S, Request<ReqBody>)>,
             shared: Arc<Shared>,
             tier: Tier,
@@ -64,7 +74,7 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn checking(
-        check: CheckFuture,
+        check: Check,
         inner: S,
         request: Request<ReqBody>,
         shared: Arc<Shared>,
@@ -124,10 +134,14 @@ where
                     client,
                     started,
                 } => {
-                    let result = ready!(check.as_mut().poll(cx));
+                    let result = match check {
+                        Check::Ready(result) => result.take(),
+                        Check::Pending(future) => Some(ready!(future.as_mut().poll(cx))),
+                    };
                     let latency = started.elapsed();
                     let policy = shared.tiers.get(*tier);
-                    let Some((mut inner, mut request)) = pending.take() else {
+                    let (Some(result), Some((mut inner, mut request))) = (result, pending.take())
+                    else {
                         // Polled again after completion: nothing left to serve.
                         let response = problem(
                             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,6 @@
 //! The rate-limit response fields and the problem+json responses.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,9 +36,9 @@ fn item_name(policy: &Policy, i: usize) -> String {
     }
 }
 
-fn value(v: impl ToString) -> HeaderValue {
+fn value(v: String) -> HeaderValue {
     // Digits and sf-strings of safe characters only: always a valid header value.
-    HeaderValue::try_from(v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::try_from(v).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// `RateLimit-Policy` for `policy`: it depends on the policy alone, so the layer makes it
@@ -93,14 +94,16 @@ pub(crate) fn insert_with_policy(
         Some(wait) => ceil_secs(wait),
         None => ceil_secs(decision.reset_after),
     };
-    headers.insert(
-        RATELIMIT,
-        value(format_args!(
-            "\"{}\";r={};t={t}",
-            item_name(policy, reported),
-            decision.remaining
-        )),
-    );
+    // One buffer for the whole field: this runs on every response.
+    let name = policy.name();
+    let mut field = String::with_capacity(name.len() + 32);
+    let _ = if policy.quotas().len() == 1 {
+        write!(field, "\"{name}\"")
+    } else {
+        write!(field, "\"{name}.{reported}\"")
+    };
+    let _ = write!(field, ";r={};t={t}", decision.remaining);
+    headers.insert(RATELIMIT, value(field));
     if let Some(wait) = decision.retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
     }

@@ -7,7 +7,7 @@ use limiter_core::{ClientKey, Decision, Tier};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::future::ResponseFuture;
+use crate::future::{Check, ResponseFuture};
 use crate::layer::Shared;
 
 /// What the middleware learned about a request, in its extensions for the handler.
@@ -89,11 +89,23 @@ where
             return ResponseFuture::calling(inner.call(request));
         }
 
-        let shared = Arc::clone(&self.shared);
-        let check = Box::pin(async move {
-            let policy = shared.tiers.get(tier);
-            shared.limiter.check(&client, policy, shared.cost).await
-        });
+        let started = Instant::now();
+        let policy = self.shared.tiers.get(tier);
+        let check = match self
+            .shared
+            .limiter
+            .check_now(&client, policy, self.shared.cost)
+        {
+            // In-process backends decide here: no future to box.
+            Some(result) => Check::Ready(Some(result)),
+            None => {
+                let shared = Arc::clone(&self.shared);
+                Check::Pending(Box::pin(async move {
+                    let policy = shared.tiers.get(tier);
+                    shared.limiter.check(&client, policy, shared.cost).await
+                }))
+            }
+        };
         ResponseFuture::checking(
             check,
             inner,
@@ -101,7 +113,7 @@ where
             Arc::clone(&self.shared),
             tier,
             client,
-            Instant::now(),
+            started,
         )
     }
 }

@@ -176,7 +176,44 @@ impl<L: RateLimiter, C: Clock> RateLimiter for DenyCache<L, C> {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(decision);
         }
-        let decision = self.inner.check(key, policy, cost).await?;
+        let result = self.inner.check(key, policy, cost).await;
+        self.learn(key, policy, cost, now, result)
+    }
+
+    fn check_now(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Option<Result<Decision, Error>> {
+        if policy.is_unlimited() {
+            return self.inner.check_now(key, policy, cost);
+        }
+        let now = self.clock.now_micros();
+        if let Some(decision) = self.cached(key, policy, cost, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Ok(decision));
+        }
+        let result = self.inner.check_now(key, policy, cost)?;
+        Some(self.learn(key, policy, cost, now, result))
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.inner.ping().await
+    }
+}
+
+impl<L: RateLimiter, C: Clock> DenyCache<L, C> {
+    /// Keeps what the backend's answer teaches, and hands the answer on.
+    fn learn(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+        now: u64,
+        result: Result<Decision, Error>,
+    ) -> Result<Decision, Error> {
+        let decision = result?;
         if decision.allowed {
             // Tokens were taken: a denial held for another cost now has a longer wait.
             self.forget(key, policy);
@@ -186,10 +223,6 @@ impl<L: RateLimiter, C: Clock> RateLimiter for DenyCache<L, C> {
             self.remember(key, policy, cost, now, decision);
         }
         Ok(decision)
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        self.inner.ping().await
     }
 }
 

@@ -184,6 +184,15 @@ impl<C: Clock> RateLimiter for MemoryLimiter<C> {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
         self.check_sync(key, policy, cost)
     }
+
+    fn check_now(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Option<Result<Decision, Error>> {
+        Some(self.check_sync(key, policy, cost))
+    }
 }
 
 impl<C: Clock> fmt::Debug for MemoryLimiter<C> {

@@ -166,3 +166,41 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn check_now_answers_what_needs_no_io_and_nothing_else() {
+    let clock = ManualClock::new();
+    // `Counted` stands for a remote backend: it has no `check_now` of its own.
+    let limiter = cached(&clock, 1000);
+    let policy = Policy::new("p", [Quota::per_second(2).unwrap()]).unwrap();
+    let key = ClientKey::from(7);
+    assert!(
+        limiter.check_now(&key, &policy, 1).is_none(),
+        "nothing cached yet"
+    );
+    block_on(async {
+        for _ in 0..2 {
+            assert!(limiter.check(&key, &policy, 1).await.unwrap().allowed);
+        }
+        assert!(!limiter.check(&key, &policy, 1).await.unwrap().allowed);
+    });
+    let calls = limiter.inner().calls.load(Ordering::SeqCst);
+    let denied = limiter.check_now(&key, &policy, 1).unwrap().unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(limiter.inner().calls.load(Ordering::SeqCst), calls);
+    // Another cost has another wait: only the backend can say.
+    assert!(limiter.check_now(&key, &policy, 2).is_none());
+
+    // Over the memory limiter every check is decided at once, with the effect of `check`.
+    let local = DenyCache::with_clock(memory(&clock), 1000, clock.clone());
+    for _ in 0..2 {
+        assert!(local.check_now(&key, &policy, 1).unwrap().unwrap().allowed);
+    }
+    let denied = local.check_now(&key, &policy, 1).unwrap().unwrap();
+    assert!(!denied.allowed, "the two tokens were taken");
+    assert_eq!(local.len(), 1, "the denial is remembered");
+    assert!(
+        local.check_now(&key, &policy, 0).unwrap().is_err(),
+        "bad cost is an error"
+    );
+}
