@@ -55,3 +55,21 @@ for c in $TASKS; do
     ratio=$(awk -v a="$o_rps" -v b="$evp_rps" 'BEGIN { printf "%.2f", a / b }')
     echo "| $c | $o_rps | $o_p50 | $o_p99 | $o_err | $ev_rps | $ev_p50 | $ev_p99 | $evp_rps | $ratio | $ping_rps | $ping_p99 |"
 done
+
+# Latency at half of peak load, against the round trip at the same load. The peak is the
+# closed-loop figure at the highest concurrency; then the same tasks offer half of it in an
+# open loop, first as checks, then as PINGs through the same client (the floor).
+cargo build --release -q -p limiter-bench
+bench=target/release/limiter-bench
+top=${TASKS##* }
+json() { python3 -c "import json,sys; r=json.load(sys.stdin); print(' '.join(str(r[k]) for k in sys.argv[1:]))" "$@"; }
+run_bench() { "$bench" --redis-url "redis://127.0.0.1:$PORT" --concurrency "$top" --duration "$SECS" --json "$@"; }
+peak=$(run_bench --backend redis | json checks_per_sec)
+half=$(awk -v p="$peak" 'BEGIN { printf "%.0f", p / 2 }')
+read -r c_rate c_p50 c_p99 c_err <<<"$(run_bench --backend redis --rate "$half" | json checks_per_sec p50_us p99_us errors)"
+read -r p_rate p_p50 p_p99 <<<"$(run_bench --backend redis-ping --rate "$half" | json checks_per_sec p50_us p99_us)"
+echo
+echo "| tasks | peak checks/s | offered /s | checks/s | p50 µs | p99 µs | errors | PING /s | PING p50 µs | PING p99 µs | p99 ÷ PING p99 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+printf '| %s | %.0f | %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s |\n' "$top" "$peak" "$half" "$c_rate" \
+    "$c_p50" "$c_p99" "$c_err" "$p_rate" "$p_p50" "$p_p99" "$(awk -v a="$c_p99" -v b="$p_p99" 'BEGIN { printf "%.2f", a / b }')"

@@ -34,6 +34,9 @@ enum BackendKind {
     Fallback,
     /// HTTP requests to `--url`: 2xx is allowed, 429 denied, anything else an error.
     Http,
+    /// `PING` through the Redis backend's connections instead of a check: the round-trip
+    /// floor of the same client, to compare latencies with.
+    RedisPing,
 }
 
 #[derive(Debug, Parser)]
@@ -67,6 +70,15 @@ struct Args {
     /// so every check takes the costlier path that writes.
     #[arg(long, default_value_t = 1_000_000_000)]
     limit: u64,
+    /// Open loop: offer this many checks per second in all, spread evenly over the tasks,
+    /// instead of sending the next check as soon as the last is answered. A task that falls
+    /// behind its schedule sends at once, so the offered rate holds; latency is measured
+    /// from each send.
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+    /// Most buckets the memory limiter keeps (memory and fallback backends).
+    #[arg(long, default_value_t = MemoryConfig::default().max_buckets)]
+    max_buckets: usize,
     /// Seconds to wait for the first URL to answer before starting (http).
     #[arg(long, default_value_t = 30.0)]
     wait: f64,
@@ -104,6 +116,15 @@ struct Report {
     allowed: u64,
     denied: u64,
     errors: u64,
+    /// The offered rate of an open-loop run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
+    /// Buckets the memory limiter holds at the end (memory backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracked_buckets: Option<usize>,
+    /// Peak resident memory of this process (Linux `VmHWM`), in KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_rss_kib: Option<u64>,
 }
 
 #[derive(Default)]
@@ -117,6 +138,7 @@ struct Tally {
 #[derive(Clone)]
 enum Target {
     Limiter(Arc<dyn RateLimiter>, Arc<Policy>),
+    Ping(Arc<RedisLimiter>),
     Http(reqwest::Client, Arc<[String]>, Option<Arc<str>>),
 }
 
@@ -144,6 +166,10 @@ fn main() -> ExitCode {
     }
     if args.concurrency == 0 || duration.is_zero() || args.keys == 0 || args.cost == 0 {
         eprintln!("limiter-bench: --concurrency, --duration, --keys and --cost must be above zero");
+        return ExitCode::from(2);
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        eprintln!("limiter-bench: --rate must be a positive number of checks per second");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -182,14 +208,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn target(args: &Args) -> Result<Target, String> {
+/// What to drive, and the memory limiter when it is the backend (to count its buckets).
+async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimiter>>), String> {
     let policy = || -> Result<Arc<Policy>, String> {
         let quota = Quota::per_second(args.limit).map_err(|e| format!("--limit: {e}"))?;
         Ok(Arc::new(
             Policy::new("bench", [quota]).map_err(|e| e.to_string())?,
         ))
     };
-    let memory = || MemoryLimiter::new(MemoryConfig::default()).map_err(|e| e.to_string());
+    let memory = || {
+        MemoryLimiter::new(MemoryConfig {
+            max_buckets: args.max_buckets,
+        })
+        .map_err(|e| e.to_string())
+    };
     let redis = || -> Result<RedisLimiter, String> {
         RedisLimiter::new(RedisConfig::from_url(&args.redis_url)).map_err(|e| e.to_string())
     };
@@ -201,9 +233,20 @@ async fn target(args: &Args) -> Result<Target, String> {
                 .build()
                 .map_err(|e| format!("http client: {e}"))?;
             let key = args.api_key.as_deref().map(Arc::from);
-            return Ok(Target::Http(http, args.urls.clone().into(), key));
+            return Ok((Target::Http(http, args.urls.clone().into(), key), None));
         }
-        BackendKind::Memory => Arc::new(memory()?),
+        BackendKind::RedisPing => {
+            let redis = redis()?;
+            redis.warm_up().await.map_err(|e| format!("redis: {e}"))?;
+            return Ok((Target::Ping(Arc::new(redis)), None));
+        }
+        BackendKind::Memory => {
+            let memory = Arc::new(memory()?);
+            return Ok((
+                Target::Limiter(Arc::clone(&memory) as _, policy()?),
+                Some(memory),
+            ));
+        }
         BackendKind::Redis => {
             let redis = redis()?;
             redis.warm_up().await.map_err(|e| format!("redis: {e}"))?;
@@ -216,7 +259,7 @@ async fn target(args: &Args) -> Result<Target, String> {
             Arc::new(fallback.map_err(|e| e.to_string())?)
         }
     };
-    Ok(Target::Limiter(limiter, policy()?))
+    Ok((Target::Limiter(limiter, policy()?), None))
 }
 
 impl Target {
@@ -230,6 +273,10 @@ impl Target {
                     Err(_) => Outcome::Error,
                 }
             }
+            Target::Ping(redis) => match redis.ping().await {
+                Ok(()) => Outcome::Allowed,
+                Err(_) => Outcome::Error,
+            },
             Target::Http(http, urls, api_key) => {
                 // `i % len` is below `len`, a usize.
                 let url = &urls[usize::try_from(i % urls.len() as u64).unwrap_or(0)];
@@ -256,13 +303,18 @@ impl Target {
 }
 
 async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, String> {
-    let target = target(args).await?;
+    let (target, memory) = target(args).await?;
     if let Target::Http(http, urls, _) = &target {
         wait_for(http, &urls[0], wait).await?;
     }
     let started = Instant::now();
     let until = started + duration;
     let (keys, cost, step) = (args.keys, args.cost, args.concurrency as u64);
+    // Open loop: each task sends every `interval`, the tasks staggered across it.
+    #[allow(clippy::cast_precision_loss, reason = "a task count")]
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
     let mut tasks = Vec::with_capacity(args.concurrency);
     for task in 0..step {
         let target = target.clone();
@@ -270,7 +322,13 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
             let mut latencies = new_histogram();
             let mut tally = Tally::default();
             let mut i = task;
+            #[allow(clippy::cast_precision_loss, reason = "task counts")]
+            let mut next = interval.map(|every| started + every.mul_f64(task as f64 / step as f64));
             while Instant::now() < until {
+                if let (Some(at), Some(every)) = (next.as_mut(), interval) {
+                    tokio::time::sleep_until((*at).into()).await;
+                    *at += every;
+                }
                 let sent = Instant::now();
                 let outcome = target.once(i, keys, cost).await;
                 i += step;
@@ -296,12 +354,13 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
     }
     let elapsed = started.elapsed().as_secs_f64();
     let checks = latencies.len();
+    let library = !matches!(args.backend, BackendKind::Http | BackendKind::RedisPing);
     Ok(Report {
         backend: args.backend,
         urls: args.urls.clone(),
         concurrency: args.concurrency,
-        keys: (args.backend != BackendKind::Http).then_some(args.keys),
-        cost: (args.backend != BackendKind::Http).then_some(args.cost),
+        keys: library.then_some(args.keys),
+        cost: library.then_some(args.cost),
         duration_s: elapsed,
         checks,
         #[allow(clippy::cast_precision_loss, reason = "a rate, not a count")]
@@ -312,7 +371,17 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
         allowed: tally.allowed,
         denied: tally.denied,
         errors: tally.errors,
+        rate: args.rate,
+        tracked_buckets: memory.map(|m| m.len()),
+        max_rss_kib: max_rss_kib(),
     })
+}
+
+/// Peak resident set of this process in KiB, from `/proc/self/status` (Linux only).
+fn max_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `GET /` answering "ok", behind the rate-limit layer or not: the two sides of the
