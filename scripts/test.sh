@@ -5,7 +5,9 @@
 # The Redis tests talk to a real Redis: the one at REDIS_URL if set, otherwise containers
 # started by testcontainers from the local images that scripts/images.sh builds when no
 # registry can provide them. The fallback's fault tests always use containers (they stop,
-# pause, cut off and restart them) and need root for iptables. If neither can be had the Redis tests fail, saying what to
+# pause, cut off and restart them) and need root for iptables. The cluster and Sentinel
+# tests run redis-server processes on loopback ports (Debian's redis-server, installed
+# here). If neither can be had the Redis tests fail, saying what to
 # install; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,13 @@ fi
 # The fallback's cut-off test drops packets to a container's port with iptables.
 if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null || true
+fi
+
+# The cluster and Sentinel tests start redis-server processes (scripts/redis-topology.sh).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null || true
+    fi
 fi
 
 status=0
