@@ -39,7 +39,8 @@
 //! # Errors
 //! Every check is bounded by [`RedisConfig::timeout`]. Refused, dropped and timed-out
 //! connections, an exhausted pool, and Redis saying it cannot serve (`LOADING`, `BUSY`,
-//! `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, `READONLY`) are [`Error::is_unavailable`]; any
+//! `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, `READONLY`, a `MOVED` or `ASK` still there after
+//! the cluster client's retries) are [`Error::is_unavailable`]; any
 //! other failure (a script error, a reply of the wrong shape) is [`Error::Backend`]: a bug
 //! or a misconfiguration, which a fallback should report, not hide.
 
@@ -48,14 +49,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{
-    AsyncConnectionConfig, ErrorKind, RedisError, Script, ServerErrorKind,
-};
-use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use deadpool_redis::PoolError;
+use deadpool_redis::redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use limiter_core::bucket::{self, Outcome};
 use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
 use parking_lot::Mutex;
+
+mod topology;
+
+use topology::{Conn, Connect, Source};
+pub use topology::{Topology, hash_slot};
 
 /// The `redis` crate this backend is built on, so users share one version.
 pub use deadpool_redis::redis;
@@ -127,7 +130,7 @@ pub fn redacted(url: &str) -> String {
 
 /// The Redis backend. See the [crate docs](crate).
 pub struct RedisLimiter {
-    pool: Pool,
+    source: Source,
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
     generation: AtomicU64,
@@ -139,7 +142,7 @@ pub struct RedisLimiter {
 /// never throws away its replacement.
 #[derive(Default)]
 struct Slot {
-    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    conn: Mutex<Option<(u64, Conn)>>,
     /// Held while the slot is being filled, so the callers that find it empty wait for one
     /// new connection instead of each opening its own (a herd that exhausts the pool).
     filling: tokio::sync::Mutex<()>,
@@ -155,21 +158,9 @@ impl RedisLimiter {
         if config.connections == 0 {
             return Err(invalid("connections must be at least 1"));
         }
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout));
-        let manager = Manager::new_with_config(config.url.as_str(), connection)
-            .map_err(|e| invalid(format_args!("url {}: {e}", redacted(&config.url))))?;
-        let pool = Pool::builder(manager)
-            .max_size(config.connections)
-            .wait_timeout(Some(config.pool_wait_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.response_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| invalid(format_args!("connection pool: {e}")))?;
+        let source = Source::new(&config)?;
         Ok(Self {
-            pool,
+            source,
             slots: (0..config.connections).map(|_| Slot::default()).collect(),
             next_slot: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
@@ -220,6 +211,13 @@ impl RedisLimiter {
 
     /// `PING` on slot `i`'s connection, opening it if needed; a failure that means the
     /// connection is unusable empties the slot.
+    /// One `PING` on the next connection in turn: the bare round trip of this client, for
+    /// comparing a check's latency with. ([`RateLimiter::ping`] pings every connection.)
+    pub async fn ping_once(&self) -> Result<(), Error> {
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.ping_slot(i).await
+    }
+
     async fn ping_slot(&self, i: usize) -> Result<(), Error> {
         let (generation, mut conn) = self.connection(i).await?;
         let guard = StallGuard::new(self, i, generation);
@@ -239,7 +237,8 @@ impl RedisLimiter {
                 .arg(q.max_level());
         }
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let (generation, mut conn) = self.connection(i).await?;
+        let (generation, conn) = self.connection(i).await?;
+        let mut conn = conn.for_client(client);
         let guard = StallGuard::new(self, i, generation);
         // On NOSCRIPT (a restart, a SCRIPT FLUSH, a failover) this loads the script and
         // retries once, by itself.
@@ -257,7 +256,7 @@ impl RedisLimiter {
     }
 
     /// The connection of slot `i`, opened through the pool if the slot is empty.
-    async fn connection(&self, i: usize) -> Result<(u64, MultiplexedConnection), Error> {
+    async fn connection(&self, i: usize) -> Result<(u64, Conn), Error> {
         let slot = &self.slots[i];
         if let Some(kept) = slot.conn.lock().clone() {
             return Ok(kept);
@@ -266,8 +265,10 @@ impl RedisLimiter {
         if let Some(kept) = slot.conn.lock().clone() {
             return Ok(kept); // filled while this caller waited
         }
-        let pooled = self.pool.get().await.map_err(classify_pool)?;
-        let conn = deadpool_redis::Connection::take(pooled);
+        let conn = self.source.connect().await.map_err(|e| match e {
+            Connect::Pool(e) => classify_pool(e),
+            Connect::Redis(e) => classify(e),
+        })?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         *slot.conn.lock() = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -286,6 +287,9 @@ impl RedisLimiter {
     /// Empties slot `i` if it still holds connection `generation`, so the next call opens a
     /// new one.
     fn forget(&self, i: usize, generation: u64) {
+        if !self.source.replaces_failed() {
+            return;
+        }
         let mut slot = self.slots[i].conn.lock();
         if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
             *slot = None;
@@ -325,7 +329,8 @@ impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
             .field("config", &self.config)
-            .field("pool", &self.pool.status())
+            .field("topology", &Topology::of(&self.config.url))
+            .field("connections", &self.source.status())
             .finish_non_exhaustive()
     }
 }
@@ -421,6 +426,10 @@ fn classify(e: RedisError) -> Error {
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::ReadOnly
+                // A redirection still there after the client's retries: the cluster is
+                // moving slots or failing over, and will answer again.
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
         ) | ErrorKind::ClusterConnectionNotFound
     ) || e.code() == Some("BUSY");
     if e.is_io_error()
