@@ -273,7 +273,7 @@ impl Target {
                     Err(_) => Outcome::Error,
                 }
             }
-            Target::Ping(redis) => match redis.ping().await {
+            Target::Ping(redis) => match redis.ping_once().await {
                 Ok(()) => Outcome::Allowed,
                 Err(_) => Outcome::Error,
             },

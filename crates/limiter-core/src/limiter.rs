@@ -47,6 +47,40 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     async fn ping(&self) -> Result<(), Error> {
         Ok(())
     }
+
+    /// How many parts the backend's keyspace has that become unreachable independently
+    /// (the hash slots of a Redis Cluster, whose masters fail one at a time). A fallback
+    /// keeps one circuit per part, so an outage of one part sends only its clients to the
+    /// fallback. Default 1: the backend is up or down as a whole.
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    /// The part, below [`partitions`](Self::partitions), that holds `key`'s buckets.
+    fn partition_of(&self, key: &ClientKey) -> usize {
+        let _ = key;
+        0
+    }
+
+    /// Whether part `partition` could decide now: one cheap round trip to where it lives.
+    /// Default: [`ping`](Self::ping).
+    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+        let _ = partition;
+        self.ping().await
+    }
+
+    /// The parts that live where `partition` does (every hash slot of the cluster master
+    /// that owns it), as ranges that include `partition`: when one is unreachable, so are
+    /// the others, and a fallback can send all their clients to memory at once instead of
+    /// each finding out by a failed call. Default: `partition` alone.
+    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+        #[allow(
+            clippy::single_range_in_vec_init,
+            reason = "one range: the partition alone"
+        )]
+        let alone = vec![partition..partition + 1];
+        alone
+    }
 }
 
 #[async_trait]
@@ -66,6 +100,22 @@ impl<T: RateLimiter + ?Sized> RateLimiter for Arc<T> {
 
     async fn ping(&self) -> Result<(), Error> {
         (**self).ping().await
+    }
+
+    fn partitions(&self) -> usize {
+        (**self).partitions()
+    }
+
+    fn partition_of(&self, key: &ClientKey) -> usize {
+        (**self).partition_of(key)
+    }
+
+    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+        (**self).ping_partition(partition).await
+    }
+
+    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+        (**self).colocated(partition).await
     }
 }
 
@@ -87,6 +137,22 @@ impl<T: RateLimiter + ?Sized> RateLimiter for Box<T> {
     async fn ping(&self) -> Result<(), Error> {
         (**self).ping().await
     }
+
+    fn partitions(&self) -> usize {
+        (**self).partitions()
+    }
+
+    fn partition_of(&self, key: &ClientKey) -> usize {
+        (**self).partition_of(key)
+    }
+
+    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+        (**self).ping_partition(partition).await
+    }
+
+    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+        (**self).colocated(partition).await
+    }
 }
 
 #[async_trait]
@@ -106,5 +172,21 @@ impl<T: RateLimiter + ?Sized> RateLimiter for &T {
 
     async fn ping(&self) -> Result<(), Error> {
         (**self).ping().await
+    }
+
+    fn partitions(&self) -> usize {
+        (**self).partitions()
+    }
+
+    fn partition_of(&self, key: &ClientKey) -> usize {
+        (**self).partition_of(key)
+    }
+
+    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+        (**self).ping_partition(partition).await
+    }
+
+    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+        (**self).colocated(partition).await
     }
 }

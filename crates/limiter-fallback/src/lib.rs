@@ -44,6 +44,13 @@
 //!   different clocks, and merging counts from many workers would need a coordination the
 //!   outage just made impossible. A client can therefore get up to one extra burst (its share
 //!   in memory) around each switch.
+//! - **Parts of the keyspace.** A primary whose keyspace fails in parts (a Redis Cluster: a
+//!   master and its hash slots) says so through [`RateLimiter::partitions`]. The fallback
+//!   then keeps one circuit per part: a client whose slot's master is unreachable is served
+//!   by the outage policy while every other client stays on the primary, and one probe task
+//!   pings, each interval, one slot of every run of open slots, closing the run when it
+//!   answers. The state is then [`CircuitState::Partial`] while some parts are open, and
+//!   [`FallbackStats::open_partitions`] says how many.
 //! - **Other errors are not outages.** A script error or a malformed reply is returned to
 //!   the caller as it is, and counted: hiding a bug behind the fallback would leave it there.
 //!
@@ -55,7 +62,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -132,6 +139,9 @@ pub enum CircuitState {
     Open,
     /// One probe is asking the primary; checks still get the outage policy.
     HalfOpen,
+    /// Some parts of a partitioned primary's keyspace (a cluster's slots) are unavailable:
+    /// their clients get the outage policy, every other client goes to the primary.
+    Partial,
 }
 
 impl CircuitState {
@@ -143,12 +153,13 @@ impl CircuitState {
         }
     }
 
-    /// `"closed"`, `"open"` or `"half_open"`.
+    /// `"closed"`, `"open"`, `"half_open"` or `"partial"`.
     pub fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
             CircuitState::HalfOpen => "half_open",
+            CircuitState::Partial => "partial",
         }
     }
 }
@@ -179,6 +190,21 @@ pub struct FallbackStats {
     pub opened: u64,
     /// Probes sent while open, successful or not.
     pub probes: u64,
+    /// Parts of the primary's keyspace ([`RateLimiter::partitions`]; 1 unless partitioned).
+    pub partitions: u64,
+    /// Parts served by the outage policy now: all of them while the circuit is open.
+    pub open_partitions: u64,
+}
+
+impl FallbackStats {
+    /// The share of the keyspace served by the outage policy now, 0.0 to 1.0.
+    #[allow(clippy::cast_precision_loss, reason = "a ratio of counts below 2^53")]
+    pub fn degraded_share(&self) -> f64 {
+        if self.partitions == 0 {
+            return 0.0;
+        }
+        self.open_partitions as f64 / self.partitions as f64
+    }
 }
 
 /// Redis (or any primary) first, a local limiter when it is unavailable. See the
@@ -201,6 +227,20 @@ struct Inner<P, L> {
     other_errors: AtomicU64,
     opened: AtomicU64,
     probes: AtomicU64,
+    /// One circuit per part of a partitioned primary (`true` = open); empty otherwise.
+    parts: Box<[AtomicBool]>,
+    open_parts: AtomicUsize,
+    /// Whether the parts' probe task was started (it then runs for the fallback's life).
+    parts_probe_started: AtomicBool,
+    /// Wakes the parts' probe when a part opens.
+    parts_wake: Arc<tokio::sync::Notify>,
+}
+
+impl<P, L> Drop for Inner<P, L> {
+    fn drop(&mut self) {
+        // Lets the parts' probe see the fallback is gone and end.
+        self.parts_wake.notify_one();
+    }
 }
 
 impl<P, L> Fallback<P, L>
@@ -225,6 +265,12 @@ where
         if config.expected_workers == 0 {
             return Err(invalid("fallback expected_workers must be at least 1"));
         }
+        let partitions = primary.partitions();
+        let parts = if partitions > 1 {
+            (0..partitions).map(|_| AtomicBool::new(false)).collect()
+        } else {
+            Box::default()
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 primary,
@@ -239,13 +285,21 @@ where
                 other_errors: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
                 probes: AtomicU64::new(0),
+                parts,
+                open_parts: AtomicUsize::new(0),
+                parts_probe_started: AtomicBool::new(false),
+                parts_wake: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
 
     /// Where checks go now.
     pub fn state(&self) -> CircuitState {
-        CircuitState::from_u8(self.inner.state.load(Ordering::Acquire))
+        let whole = CircuitState::from_u8(self.inner.state.load(Ordering::Acquire));
+        if whole == CircuitState::Closed && self.inner.open_part_count() > 0 {
+            return CircuitState::Partial;
+        }
+        whole
     }
 
     /// The state and counters, for metrics and health checks.
@@ -261,6 +315,12 @@ where
             other_errors: load(&i.other_errors),
             opened: load(&i.opened),
             probes: load(&i.probes),
+            partitions: i.parts.len().max(1) as u64,
+            open_partitions: if i.state.load(Ordering::Acquire) == CLOSED {
+                i.open_part_count() as u64
+            } else {
+                i.parts.len().max(1) as u64
+            },
         }
     }
 
@@ -268,7 +328,8 @@ where
     /// `ping`, which for Redis opens every connection: give it longer than one check's
     /// deadline). If it is unavailable the circuit opens now: the first checks go straight
     /// to the outage policy instead of each finding out, and the probe starts looking for
-    /// the primary.
+    /// the primary. A partitioned primary (a cluster) opens no circuit here: one master
+    /// down says nothing of the others, and each part opens on its own first failure.
     ///
     /// # Errors
     /// Why the primary could not be reached (the fallback serves meanwhile).
@@ -288,7 +349,9 @@ where
         } else {
             inner.unavailable_errors.fetch_add(1, Ordering::Relaxed);
         }
-        inner.open(&error);
+        if inner.parts.is_empty() {
+            inner.open(&error);
+        }
         Err(error)
     }
 
@@ -331,6 +394,103 @@ where
             );
             tokio::spawn(probe(Arc::downgrade(self)));
         }
+    }
+
+    /// Part `p` closed → open: its clients go to the outage policy, and the parts' probe is
+    /// woken. If `p` does not answer a ping either, the parts that live with it (its
+    /// master's other slots) open too, so their clients do not each wait out a deadline.
+    fn open_part(self: &Arc<Self>, p: usize, reason: &dyn fmt::Display) {
+        if p >= self.parts.len() {
+            return self.open(reason);
+        }
+        if !self.open_parts_in(p..p + 1) {
+            return; // already open
+        }
+        tracing::warn!(
+            target: "limiter_fallback",
+            to = "partial",
+            %reason,
+            partition = p,
+            outage_policy = ?self.config.outage,
+            "part of the primary's keyspace unavailable: its clients answered by the outage policy"
+        );
+        let inner = Arc::downgrade(self);
+        let wait = self.config.probe_interval.max(self.config.deadline);
+        tokio::spawn(async move {
+            let Some(this) = inner.upgrade() else { return };
+            // A call that missed the deadline may have been stalled, not refused: look again
+            // before sending a whole master's clients away.
+            if let Ok(Ok(())) = tokio::time::timeout(wait, this.primary.ping_partition(p)).await {
+                return;
+            }
+            for run in this.primary.colocated(p).await {
+                let end = run.end.min(this.parts.len());
+                this.open_parts_in(run.start.min(end)..end);
+            }
+        });
+    }
+
+    /// Opens the closed parts among `range`; true if any was. The first part to open after
+    /// none was counts as an outage, and wakes the parts' probe.
+    fn open_parts_in(self: &Arc<Self>, range: std::ops::Range<usize>) -> bool {
+        let mut opened = 0;
+        for part in &self.parts[range] {
+            // Counted before it shows, so the count never drops below what is shown open.
+            self.open_parts.fetch_add(1, Ordering::SeqCst);
+            if part.swap(true, Ordering::SeqCst) {
+                self.open_parts.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                opened += 1;
+            }
+        }
+        if opened == 0 {
+            return false;
+        }
+        if self.open_parts.load(Ordering::SeqCst) == opened {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.parts_probe_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(probe_parts(
+                Arc::downgrade(self),
+                Arc::clone(&self.parts_wake),
+            ));
+        }
+        self.parts_wake.notify_one();
+        true
+    }
+
+    /// Closes the open parts among `range`, which answered a probe.
+    fn close_parts(&self, range: std::ops::Range<usize>) {
+        for part in &self.parts[range] {
+            if part.swap(false, Ordering::SeqCst) {
+                self.open_parts.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Parts open now, at most all of them.
+    fn open_part_count(&self) -> usize {
+        self.open_parts.load(Ordering::SeqCst).min(self.parts.len())
+    }
+
+    /// The runs of consecutive open parts now.
+    fn open_runs(&self) -> Vec<std::ops::Range<usize>> {
+        let mut runs = Vec::new();
+        let mut start = None;
+        for (i, part) in self.parts.iter().enumerate() {
+            match (part.load(Ordering::Acquire), start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    runs.push(s..i);
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            runs.push(s..self.parts.len());
+        }
+        runs
     }
 
     async fn degraded(
@@ -413,6 +573,69 @@ where
     }
 }
 
+/// The parts' probe, one task for the fallback's life, asleep while no part is open. Every
+/// interval it pings, all at once, one part of every run of consecutive open parts; when it
+/// answers, the parts of the run that live with it ([`RateLimiter::colocated`]) close. A
+/// part closed too early (still down) reopens on its next failed check.
+async fn probe_parts<P, L>(inner: Weak<Inner<P, L>>, wake: Arc<tokio::sync::Notify>)
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    loop {
+        let interval = {
+            let Some(i) = inner.upgrade() else { return };
+            if i.open_part_count() == 0 {
+                drop(i);
+                // A part opened since the count was read left a permit: no wake-up is lost.
+                wake.notified().await;
+                continue;
+            }
+            i.config.probe_interval
+        };
+        tokio::time::sleep(interval).await;
+        let Some(i) = inner.upgrade() else { return };
+        let mut pings = tokio::task::JoinSet::new();
+        for run in i.open_runs() {
+            let this = Arc::clone(&i);
+            pings.spawn(async move {
+                this.probes.fetch_add(1, Ordering::Relaxed);
+                let ping = this.primary.ping_partition(run.start);
+                match tokio::time::timeout(this.config.deadline, ping).await {
+                    Ok(Ok(())) => {
+                        let with = this.primary.colocated(run.start).await;
+                        for range in with {
+                            let (start, end) = (range.start.max(run.start), range.end.min(run.end));
+                            if start < end {
+                                this.close_parts(start..end);
+                            }
+                        }
+                        // Parts of the run not known to live with the one that answered
+                        // are left for their own pings.
+                        this.close_parts(run.start..run.start + 1);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(target: "limiter_fallback", partitions = ?run, reason = %e, "probe failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(target: "limiter_fallback", partitions = ?run, reason = "probe missed the deadline", "probe failed");
+                    }
+                }
+            });
+        }
+        drop(i);
+        while pings.join_next().await.is_some() {}
+        if inner.upgrade().is_some_and(|i| i.open_part_count() == 0) {
+            tracing::info!(
+                target: "limiter_fallback",
+                from = "partial",
+                to = "closed",
+                "every part answered: back on the primary"
+            );
+        }
+    }
+}
+
 /// While the circuit is open: every interval, one ping (half-open); success closes it.
 async fn probe<P, L>(inner: Weak<Inner<P, L>>)
 where
@@ -472,9 +695,22 @@ where
         // Bad input is the caller's error in every state.
         bucket::validate(policy.quotas(), cost)?;
         let inner = &self.inner;
-        if inner.state.load(Ordering::Acquire) == CLOSED {
+        // With a partitioned primary, the client's part has a circuit of its own.
+        let part = (!inner.parts.is_empty()).then(|| inner.primary.partition_of(key));
+        let part_open = part.is_some_and(|p| {
+            inner
+                .parts
+                .get(p)
+                .is_some_and(|o| o.load(Ordering::Acquire))
+        });
+        if inner.state.load(Ordering::Acquire) == CLOSED && !part_open {
             let deadline = inner.config.deadline;
-            match tokio::time::timeout(deadline, inner.primary.check(key, policy, cost)).await {
+            let outage: Box<dyn fmt::Display + Send> = match tokio::time::timeout(
+                deadline,
+                inner.primary.check(key, policy, cost),
+            )
+            .await
+            {
                 Ok(Ok(decision)) => {
                     inner.primary_decisions.fetch_add(1, Ordering::Relaxed);
                     return Ok(decision);
@@ -485,7 +721,7 @@ where
                     } else {
                         inner.unavailable_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    inner.open(&e);
+                    Box::new(e)
                 }
                 Ok(Err(e)) => {
                     inner.other_errors.fetch_add(1, Ordering::Relaxed);
@@ -494,8 +730,12 @@ where
                 }
                 Err(_) => {
                     inner.timeouts.fetch_add(1, Ordering::Relaxed);
-                    inner.open(&format_args!("no answer within the {deadline:?} deadline"));
+                    Box::new(format!("no answer within the {deadline:?} deadline"))
                 }
+            };
+            match part {
+                Some(p) => inner.open_part(p, &outage),
+                None => inner.open(&outage),
             }
         }
         inner.degraded(key, policy, cost).await

@@ -201,6 +201,22 @@ impl<L: RateLimiter, C: Clock> RateLimiter for DenyCache<L, C> {
     async fn ping(&self) -> Result<(), Error> {
         self.inner.ping().await
     }
+
+    fn partitions(&self) -> usize {
+        self.inner.partitions()
+    }
+
+    fn partition_of(&self, key: &ClientKey) -> usize {
+        self.inner.partition_of(key)
+    }
+
+    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+        self.inner.ping_partition(partition).await
+    }
+
+    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+        self.inner.colocated(partition).await
+    }
 }
 
 impl<L: RateLimiter, C: Clock> DenyCache<L, C> {

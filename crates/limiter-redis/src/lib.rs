@@ -323,6 +323,67 @@ impl RateLimiter for RedisLimiter {
     async fn ping(&self) -> Result<(), Error> {
         self.warm_up().await
     }
+
+    /// On a cluster, the 16384 hash slots; otherwise 1.
+    fn partitions(&self) -> usize {
+        match self.source {
+            Source::Cluster(_) => topology::SLOTS,
+            _ => 1,
+        }
+    }
+
+    /// On a cluster, the client's [`hash_slot`].
+    fn partition_of(&self, key: &ClientKey) -> usize {
+        match self.source {
+            Source::Cluster(_) => usize::from(hash_slot(key)),
+            _ => 0,
+        }
+    }
+
+    /// On a cluster, one read of a key in the slot (`EXISTS`), answered only by the master
+    /// that owns it now; otherwise [`ping`].
+    ///
+    /// [`ping`]: RateLimiter::ping
+    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+        let Ok(slot) = u16::try_from(partition) else {
+            return Err(invalid(format_args!("no hash slot {partition}")));
+        };
+        if !matches!(self.source, Source::Cluster(_)) {
+            return self.warm_up().await;
+        }
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let ping = async {
+            let (generation, conn) = self.connection(i).await?;
+            conn.probe_slot(slot)
+                .await
+                .map_err(|e| self.failed(i, generation, e))
+        };
+        tokio::time::timeout(self.config.timeout, ping)
+            .await
+            .map_err(|_| self.timed_out())?
+    }
+
+    /// On a cluster, every slot range of the master that owns `partition`, read from
+    /// `CLUSTER SLOTS` (asked of any node that answers); `partition` alone if none does.
+    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+        #[allow(
+            clippy::single_range_in_vec_init,
+            reason = "one range: the partition alone"
+        )]
+        let alone = vec![partition..partition + 1];
+        if !matches!(self.source, Source::Cluster(_)) {
+            return alone;
+        }
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let ask = async {
+            let (_, conn) = self.connection(i).await.ok()?;
+            conn.slot_owners().await
+        };
+        match tokio::time::timeout(self.config.timeout, ask).await {
+            Ok(Some(owners)) => topology::colocated(&owners, partition).unwrap_or(alone),
+            _ => alone,
+        }
+    }
 }
 
 impl fmt::Debug for RedisLimiter {

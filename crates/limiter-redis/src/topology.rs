@@ -263,6 +263,103 @@ impl Conn {
     }
 }
 
+/// Hash slots of a Redis Cluster.
+pub(crate) const SLOTS: usize = 16384;
+
+impl Conn {
+    /// One read of a key in `slot`, routed like a check (MOVED and ASK followed), so it
+    /// answers only when the master owning the slot does. (A `PING` routed to a slot's
+    /// master may be answered by another node when that master is unreachable.)
+    pub(crate) async fn probe_slot(
+        self,
+        slot: u16,
+    ) -> Result<(), deadpool_redis::redis::RedisError> {
+        let mut exists = deadpool_redis::redis::cmd("EXISTS");
+        exists.arg(format!("rl:{{{}}}:probe", slot_tag(slot)));
+        match self {
+            Conn::Single(mut conn) => exists.query_async::<i64>(&mut conn).await.map(drop),
+            Conn::Cluster(mut conn) => exists.query_async::<i64>(&mut conn).await.map(drop),
+        }
+    }
+}
+
+/// A hash tag whose slot is `slot`: the smallest number, in hex, that CRC16 maps there.
+fn slot_tag(slot: u16) -> String {
+    static TAGS: std::sync::OnceLock<Box<[u32]>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        // About 170,000 CRC16s of short strings until every slot is hit: a few ms, once.
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut missing = SLOTS;
+        let mut n = 0u32;
+        while missing > 0 {
+            let tag = format!("{n:x}");
+            let s = usize::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384);
+            if tags[s] == u32::MAX {
+                tags[s] = n;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags.into_boxed_slice()
+    });
+    format!("{:x}", tags[usize::from(slot) % SLOTS])
+}
+
+impl Conn {
+    /// `CLUSTER SLOTS` as (first slot, last slot, master "host:port"), asked of a random node,
+    /// up to three of them; `None` if none answers or this is not a cluster.
+    pub(crate) async fn slot_owners(self) -> Option<Vec<(usize, usize, String)>> {
+        let Conn::Cluster(mut conn) = self else {
+            return None;
+        };
+        for _ in 0..3 {
+            let mut cmd = deadpool_redis::redis::cmd("CLUSTER");
+            cmd.arg("SLOTS");
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+            if let Ok(Value::Array(ranges)) = conn.route_command(cmd, route).await {
+                return Some(ranges.iter().filter_map(slot_range).collect());
+            }
+        }
+        None
+    }
+}
+
+/// One entry of `CLUSTER SLOTS`: `[start, end, [host, port, id…], replicas…]`.
+fn slot_range(entry: &Value) -> Option<(usize, usize, String)> {
+    let Value::Array(fields) = entry else {
+        return None;
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    let (start, end) = (int(fields.first()?)?, int(fields.get(1)?)?);
+    let Value::Array(master) = fields.get(2)? else {
+        return None;
+    };
+    let host = match master.first()? {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => return None,
+    };
+    Some((start, end, format!("{host}:{}", int(master.get(1)?)?)))
+}
+
+/// The slot ranges owned by the master of `slot`, from `CLUSTER SLOTS` entries.
+pub(crate) fn colocated(
+    owners: &[(usize, usize, String)],
+    slot: usize,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let (_, _, master) = owners.iter().find(|(a, b, _)| (*a..=*b).contains(&slot))?;
+    Some(
+        owners
+            .iter()
+            .filter(|(_, _, m)| m == master)
+            .map(|(a, b, _)| *a..*b + 1)
+            .collect(),
+    )
+}
+
 /// The Redis Cluster hash slot of every key of `client`: CRC16 (XMODEM) of the hash tag's
 /// content, the client's hex hash, modulo 16384.
 pub fn hash_slot(client: &ClientKey) -> u16 {
@@ -369,6 +466,29 @@ mod tests {
             let e = Source::new(&RedisConfig::from_url(url)).err().unwrap();
             assert!(e.to_string().contains("url"), "{e}");
             assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn colocated_slots_are_every_range_of_the_same_master() {
+        let owners = vec![
+            (0, 100, "a:1".to_owned()),
+            (101, 200, "b:2".to_owned()),
+            (201, 300, "a:1".to_owned()),
+        ];
+        assert_eq!(colocated(&owners, 250), Some(vec![0..101, 201..301]));
+        assert_eq!(
+            colocated(&owners, 150),
+            Some(std::iter::once(101..201).collect())
+        );
+        assert_eq!(colocated(&owners, 400), None, "an unowned slot");
+    }
+
+    #[test]
+    fn every_slot_has_a_tag_of_its_own() {
+        let slot = |s: &str| crc16::State::<crc16::XMODEM>::calculate(s.as_bytes()) % 16384;
+        for s in [0u16, 1, 5460, 5461, 10922, 16383] {
+            assert_eq!(slot(&slot_tag(s)), s);
         }
     }
 

@@ -58,8 +58,14 @@ fn components(state: &AppState) -> (&'static str, Value) {
                 if redis_ok { "ok" } else { "degraded" },
                 json!({
                     "redis": {
-                        "status": if redis_ok { "ok" } else { "unavailable" },
+                        "status": match stats.state {
+                            CircuitState::Closed => "ok",
+                            // Some cluster masters unreachable: their clients' slots only.
+                            CircuitState::Partial => "partial",
+                            CircuitState::Open | CircuitState::HalfOpen => "unavailable",
+                        },
                         "circuit": stats.state.as_str(),
+                        "degraded_keyspace": stats.degraded_share(),
                     },
                     "memory": {
                         "status": "ok",

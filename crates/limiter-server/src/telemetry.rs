@@ -37,6 +37,7 @@ pub(crate) fn record_fallback(stats: &FallbackStats) {
         CircuitState::Closed,
         CircuitState::Open,
         CircuitState::HalfOpen,
+        CircuitState::Partial,
     ] {
         metrics::gauge!("ratelimit_fallback_state", "state" => state.as_str())
             .set(if stats.state == state { 1.0 } else { 0.0 });
@@ -46,6 +47,9 @@ pub(crate) fn record_fallback(stats: &FallbackStats) {
     } else {
         1.0
     });
+    // The share of clients' hash slots answered by the fallback: 1 while Redis is down as
+    // a whole, a fraction while some cluster masters are.
+    metrics::gauge!("ratelimit_fallback_degraded_keyspace_ratio").set(stats.degraded_share());
     for (kind, n) in [
         ("unavailable", stats.unavailable_errors),
         ("timeout", stats.timeouts),
