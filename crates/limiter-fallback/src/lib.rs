@@ -419,8 +419,14 @@ where
         tokio::spawn(async move {
             let Some(this) = inner.upgrade() else { return };
             // A call that missed the deadline may have been stalled, not refused: look again
-            // before sending a whole master's clients away.
+            // before sending a whole master's clients away. Answered within the deadline, it
+            // was a stall: the part closes at once instead of after a probe interval.
+            let asked = std::time::Instant::now();
             if let Ok(Ok(())) = tokio::time::timeout(wait, this.primary.ping_partition(p)).await {
+                if asked.elapsed() <= this.config.deadline {
+                    this.close_parts(p..p + 1);
+                    tracing::info!(target: "limiter_fallback", partition = p, "part answered at once: back on the primary");
+                }
                 return;
             }
             for run in this.primary.colocated(p).await {
