@@ -14,7 +14,9 @@
 #   3. HTTP with wrk: a route behind the rate-limit layer vs the same route without it
 #      (limiter-bench --serve), and ratelimitd's POST /v1/check (memory backend), each
 #      request a new client;
-#   4. memory footprint: 1,000,000 clients in the memory backend, peak RSS.
+#   4. memory footprint: 1,000,000 clients in the memory backend, peak RSS;
+#   5. the Redis backend on a 3-master cluster (with replicas) vs one Redis, same client
+#      concurrency (scripts/redis-topology.sh; redis-server processes on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +50,13 @@ for port in 18091 18092 18093; do
         sleep 0.1
     done
 done
+
+# One Redis and a cluster, for the topology comparison.
+topo=$(mktemp -d)
+trap 'kill "${pids[@]}" 2>/dev/null || true; scripts/redis-topology.sh stop "$topo"; redis-cli -p 6391 shutdown nosave >/dev/null 2>&1 || true; rm -rf "$topo"' EXIT
+cluster_url=$(scripts/redis-topology.sh cluster "$topo" 7300 | tail -n 1)
+redis-server --port 6391 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --dir "$topo" --pidfile "$topo/single.pid" --logfile "$topo/single.log"
 
 # POST /v1/check with a new client each request: every check finds a fresh bucket.
 cat >"$out/check.lua" <<'LUA'
@@ -95,6 +104,16 @@ PY
     echo "  1,000,000 clients in memory" >&2
     target/release/limiter-bench --backend memory --keys 1000000 --max-buckets 1100000 \
         --concurrency 2 --duration "$SECS" --json >"$dir/footprint.json"
+
+    echo "  cluster vs one Redis" >&2
+    for tasks in 64 256; do
+        for topology in single cluster; do
+            url=redis://127.0.0.1:6391
+            [ "$topology" = cluster ] && url=$cluster_url
+            target/release/limiter-bench --backend redis --redis-url "$url" --concurrency "$tasks" \
+                --duration "$SECS" --json >"$dir/topology-$topology-$tasks.json"
+        done
+    done
 done
 
 python3 - "$out" "$ROUNDS" "$SECS" >"$out/report.md" <<'PY'
@@ -184,5 +203,17 @@ p("| distinct clients checked | buckets held at the end | peak RSS of the proces
 p("|---|---|---|---|")
 p(f"| {fmt(foot[0]['keys'])} | {fmt(med(f['tracked_buckets'] for f in foot))} "
   f"| **{med(f['max_rss_kib'] for f in foot) / 1024:.1f}** | {fmt(med(f['checks_per_sec'] for f in foot))} |")
+
+# 5. topologies
+p("\n## Redis Cluster (3 masters + 3 replicas) vs one Redis, same client concurrency\n")
+p("| tasks | one Redis checks/s | p99 µs | cluster checks/s | p99 µs | cluster ÷ one | errors |")
+p("|---|---|---|---|---|---|---|")
+for tasks in (64, 256):
+    one = [json.load(open(f"{d}/topology-single-{tasks}.json")) for d in dirs]
+    cl = [json.load(open(f"{d}/topology-cluster-{tasks}.json")) for d in dirs]
+    p(f"| {tasks} | {fmt(med(r['checks_per_sec'] for r in one))} | {fmt(med(r['p99_us'] for r in one))} "
+      f"| {fmt(med(r['checks_per_sec'] for r in cl))} | {fmt(med(r['p99_us'] for r in cl))} "
+      f"| {med(b['checks_per_sec'] / a['checks_per_sec'] for a, b in zip(one, cl)):.2f} "
+      f"| {sum(r['errors'] for r in one + cl)} |")
 PY
 cat "$out/report.md"

@@ -31,6 +31,17 @@ install_redis() {
     $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
 }
 
+until_true() { # what, command…: retried for up to 20 s, or the script fails
+    local what=$1
+    shift
+    for _ in $(seq 400); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "timed out waiting for: $what (logs under $dir)" >&2
+    exit 1
+}
+
 wait_synced() { # replica port: until its link to the master is up
     for _ in $(seq 200); do
         redis-cli -p "$1" info replication | grep -q '^master_link_status:up' && return 0
@@ -75,17 +86,10 @@ cluster)
     for node in "${nodes[@]}"; do wait_for "${node#*:}"; done
     # The first three become masters, the last three their replicas.
     redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log"
-    for node in "${nodes[@]}"; do
-        for _ in $(seq 200); do
-            redis-cli -p "${node#*:}" cluster info | grep -q '^cluster_state:ok' && break
-            sleep 0.05
-        done
-    done
-    # Every replica attached to its master.
-    for _ in $(seq 200); do
-        [ "$(redis-cli -p "$base" cluster nodes | grep -c ' slave ')" -eq 3 ] && break
-        sleep 0.05
-    done
+    cluster_ok() { redis-cli -p "$1" cluster info | grep -q '^cluster_state:ok'; }
+    for node in "${nodes[@]}"; do until_true "cluster_state:ok on $node" cluster_ok "${node#*:}"; done
+    replicas_attached() { [ "$(redis-cli -p "$base" cluster nodes | grep -c ' slave ')" -eq 3 ]; }
+    until_true "three replicas attached" replicas_attached
     for i in 3 4 5; do wait_synced "$((base + i))"; done
     (IFS=,; echo "redis+cluster://${nodes[*]}")
     ;;
@@ -119,19 +123,21 @@ EOF
     done
     for s in "${sentinels[@]}"; do wait_for "${s#*:}"; done
     # Each sentinel has found the replica and the other sentinels.
-    for s in "${sentinels[@]}"; do
-        for _ in $(seq 200); do
-            info=$(redis-cli -p "${s#*:}" sentinel master limiter 2>/dev/null | paste - - || true)
-            grep -qP '^num-slaves\t1$' <<<"$info" && grep -qP '^num-other-sentinels\t2$' <<<"$info" && break
-            sleep 0.1
-        done
-    done
+    sentinel_ready() {
+        local info
+        info=$(redis-cli -p "$1" sentinel master limiter 2>/dev/null | paste - -)
+        grep -qP '^num-slaves\t1$' <<<"$info" && grep -qP '^num-other-sentinels\t2$' <<<"$info"
+    }
+    for s in "${sentinels[@]}"; do until_true "sentinel ${s#*:} ready" sentinel_ready "${s#*:}"; done
     (IFS=,; echo "redis+sentinel://${sentinels[*]}/limiter")
     ;;
 stop)
-    for pidfile in "$dir"/*/redis.pid; do
-        [ -e "$pidfile" ] || continue
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+    # By port, not by pid: a node killed earlier may have left a pid now used by another
+    # process.
+    for node in "$dir"/*/; do
+        port=$(basename "$node")
+        [[ $port =~ ^[0-9]+$ ]] || continue
+        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     done
     ;;
 *)

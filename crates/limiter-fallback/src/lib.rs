@@ -186,7 +186,8 @@ pub struct FallbackStats {
     pub timeouts: u64,
     /// Primary failures that were not outages, returned to the caller.
     pub other_errors: u64,
-    /// Times the circuit opened.
+    /// Outages seen: times the circuit opened, and times parts of a partitioned primary
+    /// started to open after none was.
     pub opened: u64,
     /// Probes sent while open, successful or not.
     pub probes: u64,
