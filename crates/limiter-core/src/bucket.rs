@@ -97,6 +97,8 @@ pub struct Outcome {
 /// [`Error::ZeroCost`] for a zero cost, [`Error::InsufficientCapacity`] when `cost` exceeds a
 /// quota's capacity (it could never pass), and [`Error::InvalidPolicy`] when `quotas` is
 /// empty or longer than [`MAX_QUOTAS`], or `states` does not have one state per quota. On error `states` is untouched.
+// Inlined across crates: it is the whole of an in-memory check's math.
+#[inline]
 pub fn check(
     quotas: &[Quota],
     states: &mut [BucketState],

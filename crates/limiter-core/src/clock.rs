@@ -25,14 +25,21 @@ pub trait Clock: Send + Sync + fmt::Debug {
 pub struct MonotonicClock {
     clock: quanta::Clock,
     origin: quanta::Instant,
+    /// The origin as the raw counter, for [`Clock::now_micros`].
+    origin_raw: u64,
 }
 
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let origin = clock.now();
-        Self { clock, origin }
+        let origin_raw = clock.raw();
+        let origin = clock.scaled(origin_raw);
+        Self {
+            clock,
+            origin,
+            origin_raw,
+        }
     }
 }
 
@@ -43,8 +50,16 @@ impl Default for MonotonicClock {
 }
 
 impl Clock for MonotonicClock {
+    #[inline]
     fn now(&self) -> Duration {
         self.clock.now().saturating_duration_since(self.origin)
+    }
+
+    /// The raw counter's distance from the origin, scaled to nanoseconds once: no
+    /// `Duration` on the way (this runs on every in-memory check).
+    #[inline]
+    fn now_micros(&self) -> u64 {
+        self.clock.delta_as_nanos(self.origin_raw, self.clock.raw()) / 1_000
     }
 }
 
@@ -116,5 +131,34 @@ mod tests {
         let a = c.now();
         let b = c.now();
         assert!(b >= a);
+    }
+
+    #[test]
+    fn monotonic_micros_agree_with_now_and_follow_real_time() {
+        let c = MonotonicClock::new();
+        let wall = std::time::Instant::now();
+        let first = c.now_micros();
+        let mut last = first;
+        for _ in 0..1000 {
+            let m = c.now_micros();
+            assert!(m >= last, "went back from {last} to {m}");
+            last = m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let (before, micros, after) = (c.now(), c.now_micros(), c.now());
+        assert!(
+            before.as_micros() <= u128::from(micros) + 1,
+            "{before:?} vs {micros} µs"
+        );
+        assert!(
+            u128::from(micros) <= after.as_micros() + 1,
+            "{micros} µs vs {after:?}"
+        );
+        let elapsed = micros - first;
+        let real = u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX);
+        assert!(
+            (20_000..=real + 1_000).contains(&elapsed),
+            "{elapsed} µs over {real} µs"
+        );
     }
 }

@@ -70,6 +70,7 @@ impl Decision {
     }
 
     /// The decision for a [`bucket::check`](crate::bucket::check) outcome over `quotas`.
+    #[inline]
     pub fn from_outcome(outcome: &Outcome, quotas: &[Quota], backend: Backend) -> Self {
         Decision {
             allowed: outcome.allowed,
