@@ -128,6 +128,20 @@ fn assert_at_most_one_extra_bucket(seen: &Seen, run: Duration, outage: Duration)
     }
 }
 
+/// Waits until every client is back on Redis, and reports how long after the promotion.
+async fn back_on_redis(limiter: &Limiter, killed: Instant, promoted: Instant) -> Instant {
+    let closed = wait_for("the circuit closed", Duration::from_secs(10), || {
+        limiter.stats().state == CircuitState::Closed
+    })
+    .await;
+    eprintln!(
+        "promoted {:?} after the kill; back on Redis {:?} after the promotion",
+        promoted - killed,
+        closed.saturating_duration_since(promoted)
+    );
+    closed
+}
+
 async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Instant {
     let deadline = Instant::now() + within;
     loop {
@@ -206,15 +220,7 @@ async fn a_cluster_master_killed_under_load() {
         line.contains("master") && !line.contains("fail")
     })
     .await;
-    let closed = wait_for("the circuit closed", Duration::from_secs(10), || {
-        limiter.stats().state == CircuitState::Closed
-    })
-    .await;
-    eprintln!(
-        "promoted {:?} after the kill; slots back on Redis {:?} after the promotion",
-        promoted - killed,
-        closed.saturating_duration_since(promoted)
-    );
+    let closed = back_on_redis(&limiter, killed, promoted).await;
     // Back on Redis: every client, affected or not, is answered by Redis again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for c in clients.iter() {
@@ -327,15 +333,7 @@ async fn a_sentinel_failover_under_load() {
         },
     )
     .await;
-    let closed = wait_for("the circuit closed", Duration::from_secs(10), || {
-        limiter.stats().state == CircuitState::Closed
-    })
-    .await;
-    eprintln!(
-        "promoted {:?} after the kill; circuit closed {:?} after the promotion",
-        promoted - killed,
-        closed.saturating_duration_since(promoted)
-    );
+    let closed = back_on_redis(&limiter, killed, promoted).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {

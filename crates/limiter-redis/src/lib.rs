@@ -227,22 +227,52 @@ impl RedisLimiter {
     }
 
     async fn run(&self, client: &ClientKey, policy: &Policy, cost: u64) -> Result<[i64; 5], Error> {
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(cost);
-        for q in policy.quotas() {
-            invocation
-                .key(bucket_key(client, policy, q))
-                .arg(q.unit())
-                .arg(q.refill())
-                .arg(q.max_level());
-        }
         let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let (generation, conn) = self.connection(i).await?;
-        let mut conn = conn.for_client(client);
+        let (generation, mut conn) = self.connection(i).await?;
         let guard = StallGuard::new(self, i, generation);
-        // On NOSCRIPT (a restart, a SCRIPT FLUSH, a failover) this loads the script and
-        // retries once, by itself.
-        let result = invocation.invoke_async::<Vec<i64>>(&mut conn).await;
+        let result = match conn {
+            // On NOSCRIPT (a restart, a SCRIPT FLUSH, a failover) this loads the script and
+            // retries once, by itself.
+            Conn::Single(_) => {
+                let mut invocation = self.script.prepare_invoke();
+                invocation.arg(cost);
+                for q in policy.quotas() {
+                    invocation
+                        .key(bucket_key(client, policy, q))
+                        .arg(q.unit())
+                        .arg(q.refill())
+                        .arg(q.max_level());
+                }
+                invocation.invoke_async::<Vec<i64>>(&mut conn).await
+            }
+            // On a cluster, a NOSCRIPT is answered by sending the script itself (EVAL), which
+            // goes wherever the keys live, MOVED and ASK followed, and leaves the script
+            // cached there. Loading it separately could land on another node while slots
+            // move during a failover.
+            Conn::Cluster(_) => {
+                let call = |command: &str, script: &str| {
+                    let mut cmd = redis::cmd(command);
+                    cmd.arg(script).arg(policy.quotas().len());
+                    for q in policy.quotas() {
+                        cmd.arg(bucket_key(client, policy, q));
+                    }
+                    cmd.arg(cost);
+                    for q in policy.quotas() {
+                        cmd.arg(q.unit()).arg(q.refill()).arg(q.max_level());
+                    }
+                    cmd
+                };
+                match call("EVALSHA", self.script.get_hash())
+                    .query_async::<Vec<i64>>(&mut conn)
+                    .await
+                {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        call("EVAL", SCRIPT).query_async(&mut conn).await
+                    }
+                    other => other,
+                }
+            }
+        };
         guard.disarm();
         match result {
             Ok(reply) => <[i64; 5]>::try_from(reply).map_err(|reply| {

@@ -6,7 +6,7 @@ use std::fmt;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
-use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use deadpool_redis::redis::sentinel::{
     SentinelClient, SentinelNodeConnectionInfo, SentinelServerType,
 };
@@ -251,18 +251,6 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
-impl Conn {
-    /// This connection, for commands about `client`'s keys: on a cluster, `SCRIPT LOAD`
-    /// (after a `NOSCRIPT`) then goes to the master that owns them, not to every node (one
-    /// node down elsewhere must not fail it).
-    pub(crate) fn for_client(self, client: &ClientKey) -> ClientConn {
-        ClientConn {
-            conn: self,
-            slot: hash_slot(client),
-        }
-    }
-}
-
 /// Hash slots of a Redis Cluster.
 pub(crate) const SLOTS: usize = 16384;
 
@@ -367,12 +355,6 @@ pub fn hash_slot(client: &ClientKey) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
 }
 
-/// A connection scoped to one client's hash slot. See [`Conn::for_client`].
-pub(crate) struct ClientConn {
-    conn: Conn,
-    slot: u16,
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -398,40 +380,6 @@ impl ConnectionLike for Conn {
             Conn::Single(conn) => conn.get_db(),
             Conn::Cluster(conn) => conn.get_db(),
         }
-    }
-}
-
-impl ConnectionLike for ClientConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match &mut self.conn {
-            Conn::Single(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster(conn) => {
-                let is_script_load = cmd.args_iter().next().is_some_and(|arg| {
-                    matches!(arg, deadpool_redis::redis::Arg::Simple(a) if a.eq_ignore_ascii_case(b"SCRIPT"))
-                });
-                if is_script_load {
-                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                        Route::new(self.slot, SlotAddr::Master),
-                    ));
-                    Box::pin(conn.route_command(cmd.clone(), route))
-                } else {
-                    conn.req_packed_command(cmd)
-                }
-            }
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.conn.req_packed_commands(cmd, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.conn.get_db()
     }
 }
 

@@ -123,8 +123,8 @@ async fn workers_on_a_cluster_admit_exactly_the_limit_on_every_master() {
 }
 
 /// A master that lost its scripts (a restart, a promoted replica that never had them, a
-/// SCRIPT FLUSH) gets the script again on the next check, with no error to the caller:
-/// `SCRIPT LOAD` goes to that master alone.
+/// SCRIPT FLUSH) runs the next check anyway, with no error to the caller: the check is
+/// sent again as EVAL, to that master alone, even with another node down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_without_the_script_gets_it_back() {
     let nodes = Nodes::cluster(17120);

@@ -9,19 +9,8 @@ mod topology;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
-
-async fn ready(http: &reqwest::Client, server: &Server) -> Value {
-    for _ in 0..200 {
-        let res = http.get(server.url("/health/ready")).send().await.unwrap();
-        if res.status() == 200 {
-            return res.json().await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never ready; logs:\n{}", server.logs());
-}
 
 fn gauge(metrics: &str, name: &str) -> f64 {
     metrics

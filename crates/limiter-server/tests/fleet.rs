@@ -11,17 +11,6 @@ use support::*;
 /// A limit that refills one token a day: whatever the test's pace, the count is exact.
 const LIMIT: usize = 300;
 
-async fn ready(http: &reqwest::Client, server: &Server) -> Value {
-    for _ in 0..200 {
-        let res = http.get(server.url("/health/ready")).send().await.unwrap();
-        if res.status() == 200 {
-            return res.json().await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("worker never became ready; logs:\n{}", server.logs());
-}
-
 fn fleet(redis: &TestRedis, key: &str) -> (tempfile::NamedTempFile, Vec<Server>) {
     let file = config_file(&format!(
         "[tiers.api_key]\nquotas = [{{ limit = {LIMIT}, period = \"1d\" }}]\n\

@@ -272,3 +272,15 @@ impl TestRedis {
         }
     }
 }
+
+/// `/health/ready` once it answers 200 (start-up done), as JSON.
+pub async fn ready(http: &reqwest::Client, server: &Server) -> serde_json::Value {
+    for _ in 0..200 {
+        let res = http.get(server.url("/health/ready")).send().await.unwrap();
+        if res.status() == 200 {
+            return res.json().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("worker never became ready; logs:\n{}", server.logs());
+}
