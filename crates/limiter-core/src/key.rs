@@ -81,6 +81,14 @@ impl ClientKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// [`to_hex`](Self::to_hex) without allocating: for hot paths (a cluster hash slot).
+    pub fn hex_digits(&self) -> [u8; 32] {
+        let mut buf = [0u8; 32];
+        // Cannot fail: the buffer is exactly twice the input.
+        let _ = hex::encode_to_slice(self.0, &mut buf);
+        buf
+    }
 }
 
 impl From<u128> for ClientKey {
@@ -91,9 +99,7 @@ impl From<u128> for ClientKey {
 
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; 32];
-        // Cannot fail: the buffer is exactly twice the input.
-        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        let buf = self.hex_digits();
         f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }

@@ -351,8 +351,7 @@ pub(crate) fn colocated(
 /// The Redis Cluster hash slot of every key of `client`: CRC16 (XMODEM) of the hash tag's
 /// content, the client's hex hash, modulo 16384.
 pub fn hash_slot(client: &ClientKey) -> u16 {
-    let tag = client.to_string();
-    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
+    crc16::State::<crc16::XMODEM>::calculate(&client.hex_digits()) % 16384
 }
 
 impl ConnectionLike for Conn {
