@@ -83,110 +83,47 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     }
 }
 
-#[async_trait]
-impl<T: RateLimiter + ?Sized> RateLimiter for Arc<T> {
-    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
-        (**self).check(key, policy, cost).await
-    }
+/// Implements the trait for a pointer to a limiter by forwarding every method, so a method
+/// added to the trait is forwarded by all of them or by none (a missed one would silently
+/// fall back to its default).
+macro_rules! forward {
+    ($($pointer:ty),+) => {$(
+        #[async_trait]
+        impl<T: RateLimiter + ?Sized> RateLimiter for $pointer {
+            async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+                (**self).check(key, policy, cost).await
+            }
 
-    fn check_now(
-        &self,
-        key: &ClientKey,
-        policy: &Policy,
-        cost: u64,
-    ) -> Option<Result<Decision, Error>> {
-        (**self).check_now(key, policy, cost)
-    }
+            fn check_now(
+                &self,
+                key: &ClientKey,
+                policy: &Policy,
+                cost: u64,
+            ) -> Option<Result<Decision, Error>> {
+                (**self).check_now(key, policy, cost)
+            }
 
-    async fn ping(&self) -> Result<(), Error> {
-        (**self).ping().await
-    }
+            async fn ping(&self) -> Result<(), Error> {
+                (**self).ping().await
+            }
 
-    fn partitions(&self) -> usize {
-        (**self).partitions()
-    }
+            fn partitions(&self) -> usize {
+                (**self).partitions()
+            }
 
-    fn partition_of(&self, key: &ClientKey) -> usize {
-        (**self).partition_of(key)
-    }
+            fn partition_of(&self, key: &ClientKey) -> usize {
+                (**self).partition_of(key)
+            }
 
-    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
-        (**self).ping_partition(partition).await
-    }
+            async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
+                (**self).ping_partition(partition).await
+            }
 
-    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
-        (**self).colocated(partition).await
-    }
+            async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
+                (**self).colocated(partition).await
+            }
+        }
+    )+};
 }
 
-#[async_trait]
-impl<T: RateLimiter + ?Sized> RateLimiter for Box<T> {
-    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
-        (**self).check(key, policy, cost).await
-    }
-
-    fn check_now(
-        &self,
-        key: &ClientKey,
-        policy: &Policy,
-        cost: u64,
-    ) -> Option<Result<Decision, Error>> {
-        (**self).check_now(key, policy, cost)
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        (**self).ping().await
-    }
-
-    fn partitions(&self) -> usize {
-        (**self).partitions()
-    }
-
-    fn partition_of(&self, key: &ClientKey) -> usize {
-        (**self).partition_of(key)
-    }
-
-    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
-        (**self).ping_partition(partition).await
-    }
-
-    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
-        (**self).colocated(partition).await
-    }
-}
-
-#[async_trait]
-impl<T: RateLimiter + ?Sized> RateLimiter for &T {
-    async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
-        (**self).check(key, policy, cost).await
-    }
-
-    fn check_now(
-        &self,
-        key: &ClientKey,
-        policy: &Policy,
-        cost: u64,
-    ) -> Option<Result<Decision, Error>> {
-        (**self).check_now(key, policy, cost)
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        (**self).ping().await
-    }
-
-    fn partitions(&self) -> usize {
-        (**self).partitions()
-    }
-
-    fn partition_of(&self, key: &ClientKey) -> usize {
-        (**self).partition_of(key)
-    }
-
-    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
-        (**self).ping_partition(partition).await
-    }
-
-    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
-        (**self).colocated(partition).await
-    }
-}
+forward!(Arc<T>, Box<T>, &T);
