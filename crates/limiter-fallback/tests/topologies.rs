@@ -128,6 +128,25 @@ fn assert_at_most_one_extra_bucket(seen: &Seen, run: Duration, outage: Duration)
     }
 }
 
+/// Stops the load, and checks that no caller saw an error; returns how long it ran.
+async fn stop_load(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    seen: &Seen,
+    started: Instant,
+) -> Duration {
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        seen.errors.load(Ordering::Relaxed),
+        0,
+        "no caller sees the failover"
+    );
+    started.elapsed()
+}
+
 /// Waits until every client is back on Redis, and reports how long after the promotion.
 async fn back_on_redis(limiter: &Limiter, killed: Instant, promoted: Instant) -> Instant {
     let closed = wait_for("the circuit closed", Duration::from_secs(10), || {
@@ -228,17 +247,7 @@ async fn a_cluster_master_killed_under_load() {
         assert_eq!(d.backend, Backend::Redis, "{c} back on Redis");
         assert!(!d.degraded);
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-
-    assert_eq!(
-        seen.errors.load(Ordering::Relaxed),
-        0,
-        "no caller sees the failover"
-    );
+    let elapsed = stop_load(&stop, tasks, &seen, started).await;
     assert!(
         saw_partial,
         "the state said part of the keyspace was on the fallback"
@@ -335,17 +344,7 @@ async fn a_sentinel_failover_under_load() {
     .await;
     let closed = back_on_redis(&limiter, killed, promoted).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-
-    assert_eq!(
-        seen.errors.load(Ordering::Relaxed),
-        0,
-        "no caller sees the failover"
-    );
+    let elapsed = stop_load(&stop, tasks, &seen, started).await;
     let degraded: u64 = seen
         .degraded
         .iter()
