@@ -1,5 +1,6 @@
--- token_bucket.lua: limiter_core::bucket::check, transliterated for Redis. One call checks
--- every quota of a client's policy, all or nothing, atomically.
+-- token_bucket.lua: limiter_core::bucket::check, transliterated for Redis. One call decides
+-- one or more checks, in order; each check covers every quota of one client's policy, all or
+-- nothing. The whole call is atomic, and a check sees the writes of the checks before it.
 --
 -- The math and its units are defined once, in crates/limiter-core/src/bucket.rs: time in
 -- microseconds; a quota of `tokens` per `period` µs has unit = period / g units per token and
@@ -7,33 +8,40 @@
 -- units, at most 2^50, so every value here is an integer that a Lua double holds exactly.
 -- A test runs this script and the Rust function on the same traces and demands equal answers.
 --
--- KEYS[i]          the bucket of quota i. All keys of one call share the client's hash tag,
---                  rl:{<hash>}:<policy>:<quota>, so they live on one Redis Cluster slot.
--- ARGV[1]          cost in tokens; the caller has checked 1 <= cost <= every capacity.
--- ARGV[3i-1], ARGV[3i], ARGV[3i+1]
---                  unit, refill and max of quota i (i = 1 .. #KEYS).
+-- KEYS             the buckets of every check, check after check: check j's quota i is
+--                  rl:{<hash>}:<policy>:<quota>. One check's keys share its client's hash
+--                  tag, so they live on one Redis Cluster slot; a call that spans several
+--                  clients is for one Redis, not a cluster.
+-- ARGV             per check, checks one after the other:
+--                    cost          in tokens; the caller has checked 1 <= cost <= every capacity
+--                    n             the check's number of quotas, its next n KEYS
+--                    unit refill max, n times
 --
 -- Stored value     "<level> <updated>": units in the bucket at `updated` µs of Redis time.
 --                  A missing key is a full bucket. Every write sets a TTL (PX) equal to the
 --                  time the bucket takes to fill up, rounded up to the millisecond, after
---                  which forgetting it loses nothing. A denied request writes nothing.
--- Errors           a key holding anything else is an error reply, never a silent reset.
--- Time             redis.call('TIME') only; never a worker's clock. Time never runs
+--                  which forgetting it loses nothing. A denied check writes nothing.
+-- Time             redis.call('TIME') once per call; never a worker's clock. Time never runs
 --                  backwards for a bucket: a `now` before `updated` counts as no time passed.
 --
--- Reply, an array of five integers:
---   1 allowed          1 if admitted (the cost was taken from every bucket), 0 if not
+-- Reply, an array of five integers per check, in the order of the checks:
+--   1 allowed          1 if admitted (the cost was taken from every bucket), 0 if not;
+--                      -1 if the key of quota (field 2) holds something that is not a bucket:
+--                      that check is an error, never a silent reset, and the others stand
 --   2 quota            0-based index of the quota the next fields describe: if admitted, the
 --                      one with the fewest whole tokens left (ties: the slowest to fill up);
 --                      if denied, the denying quota with the longest wait (ties: the first)
 --   3 remaining        whole tokens left in that bucket
 --   4 reset_after_us   µs until that bucket is full again
 --   5 retry_after_us   µs until this request would pass; -1 when admitted
+--   (fields 3 to 5 are 0 for an error)
+
+local floor, match, format, tonumber, call = math.floor, string.match, string.format, tonumber, redis.call
 
 -- floor(a / b) and ceil(a / b) for integers a >= 0, b > 0 below 2^53, corrected for the
 -- rounding of the floating-point quotient.
 local function div_floor(a, b)
-    local q = math.floor(a / b)
+    local q = floor(a / b)
     if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
     return q
 end
@@ -44,36 +52,71 @@ local function div_ceil(a, b)
     return q
 end
 
-local function decide(now)
-    local cost = tonumber(ARGV[1])
-    local n = #KEYS
+-- The bucket at `key` as of `now`: its level (bucket::level_at) and the time it is stamped
+-- with from now on, never earlier than its stored stamp; nil if the key holds something else.
+local function load(key, now, max, refill)
+    local stored = call('GET', key)
+    if not stored then return max, now end
+    local l, u = match(stored, '^(%d+) (%d+)$')
+    if not l then return nil end
+    local level, at = tonumber(l), tonumber(u)
+    local elapsed = now - at
+    if elapsed < 0 then elapsed = 0 end
+    -- Compare elapsed time with the time to fill up.
+    if elapsed >= div_ceil(max - level, refill) then
+        level = max
+    else
+        level = level + elapsed * refill
+    end
+    if now > at then at = now end
+    return level, at
+end
+
+-- Writes a bucket, with a TTL of its time to fill up, rounded up to the millisecond.
+local function store(key, level, at, reset)
+    call('SET', key, format('%d %d', level, at), 'PX', div_ceil(reset, 1000))
+end
+
+local reply = {}
+
+local function answer(allowed, quota, remaining, reset, retry)
+    local r = #reply
+    reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] =
+        allowed, quota, remaining, reset, retry
+end
+
+-- A check of one quota, the common case, without the tables of the general one.
+local function decide_one(now, key, cost, unit, refill, max)
+    local level, at = load(key, now, max, refill)
+    if not level then return answer(-1, 0, 0, 0, 0) end
+    local need = cost * unit
+    if level >= need then
+        level = level - need
+        local reset = div_ceil(max - level, refill)
+        store(key, level, at, reset)
+        answer(1, 0, div_floor(level, unit), reset, -1)
+    else
+        answer(0, 0, div_floor(level, unit), div_ceil(max - level, refill),
+            div_ceil(need - level, refill))
+    end
+end
+
+-- Decides the check whose first key is KEYS[k + 1] and first argument ARGV[a + 1].
+local function decide(now, k, a)
+    local cost, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    if n == 1 then
+        return decide_one(now, KEYS[k + 1], cost, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
+            tonumber(ARGV[a + 5]))
+    end
     local units, refills, maxes, levels, updated = {}, {}, {}, {}, {}
     local allowed = true
 
     for i = 1, n do
-        local unit, refill, max = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+        local p = a + 3 * i
+        local unit, refill, max = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
         units[i], refills[i], maxes[i] = unit, refill, max
-        local level, at = max, now
-        local stored = redis.call('GET', KEYS[i])
-        if stored then
-            local l, u = string.match(stored, '^(%d+) (%d+)$')
-            if not l then
-                return redis.error_reply('ERR limiter: ' .. KEYS[i] .. ' does not hold a bucket')
-            end
-            do
-                level, at = tonumber(l), tonumber(u)
-                -- level_at(now): compare elapsed time with the time to fill up.
-                local elapsed = now - at
-                if elapsed < 0 then elapsed = 0 end
-                local missing = max - level
-                if elapsed >= div_ceil(missing, refill) then
-                    level = max
-                else
-                    level = level + elapsed * refill
-                end
-                if now > at then at = now end
-            end
-        end
+        local level, at = load(KEYS[k + i], now, max, refill)
+        if not level then return answer(-1, i - 1, 0, 0, 0) end
         levels[i], updated[i] = level, at
         if level < cost * unit then allowed = false end
     end
@@ -84,16 +127,12 @@ local function decide(now)
         for i = 1, n do
             local level = levels[i] - cost * units[i]
             levels[i] = level
-            local missing = maxes[i] - level
-            local ttl_ms = div_ceil(div_ceil(missing, refills[i]), 1000)
-            redis.call('SET', KEYS[i], string.format('%d %d', level, updated[i]), 'PX', ttl_ms)
-            if n > 1 then
-                local remaining = div_floor(level, units[i])
-                local reset = div_ceil(missing, refills[i])
-                if best_remaining == nil or remaining < best_remaining
-                    or (remaining == best_remaining and reset > best_reset) then
-                    reported, best_remaining, best_reset = i, remaining, reset
-                end
+            local remaining = div_floor(level, units[i])
+            local reset = div_ceil(maxes[i] - level, refills[i])
+            store(KEYS[k + i], level, updated[i], reset)
+            if best_remaining == nil or remaining < best_remaining
+                or (remaining == best_remaining and reset > best_reset) then
+                reported, best_remaining, best_reset = i, remaining, reset
             end
         end
     else
@@ -110,18 +149,20 @@ local function decide(now)
     local unit, refill, level = units[reported], refills[reported], levels[reported]
     local retry = -1
     if not allowed then retry = div_ceil(cost * unit - level, refill) end
-    return {
-        allowed and 1 or 0,
-        reported - 1,
-        div_floor(level, unit),
-        div_ceil(maxes[reported] - level, refill),
-        retry,
-    }
+    answer(allowed and 1 or 0, reported - 1, div_floor(level, unit),
+        div_ceil(maxes[reported] - level, refill), retry)
 end
 
 local function server_now()
-    local t = redis.call('TIME')
+    local t = call('TIME')
     return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
-return decide(server_now())
+local now, last = server_now(), #ARGV
+local k, a = 0, 0
+while a < last do
+    local n = tonumber(ARGV[a + 2])
+    decide(now, k, a)
+    k, a = k + n, a + 2 + 3 * n
+end
+return reply

@@ -1,8 +1,10 @@
 //! Token buckets shared by every worker, decided atomically inside Redis.
 //!
-//! Each check is one `EVALSHA` of [`SCRIPT`] (`lua/token_bucket.lua`, the transliteration of
-//! [`limiter_core::bucket::check`]) over every quota of the client's policy. Time is Redis's
-//! `TIME`; keys carry a TTL equal to their time to refill, so idle clients cost nothing.
+//! Checks are decided by [`SCRIPT`] (`lua/token_bucket.lua`, the transliteration of
+//! [`limiter_core::bucket::check`]) over every quota of the client's policy, by `EVALSHA`:
+//! one call per check when the worker is idle, one call for many concurrent checks when it
+//! is busy (see [Batching](#batching)). Time is Redis's `TIME`; keys carry a TTL equal to
+//! their time to refill, so idle clients cost nothing.
 //!
 //! ```no_run
 //! use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
@@ -29,12 +31,23 @@
 //!
 //! # Connections
 //! The limiter keeps [`RedisConfig::connections`] multiplexed connections open and spreads
-//! checks over them; each carries many checks at once. The `deadpool-redis` pool creates
-//! and replaces them (bounded by its wait and connect timeouts): checking a connection out of
-//! the pool for every call would cost a recycling round trip each time. A connection that
+//! checks over them in turn; each carries many checks at once (in one batched call, or, with
+//! `max_batch = 1` and on a cluster, as many calls in flight). The `deadpool-redis` pool
+//! creates and replaces them (bounded by its wait and connect timeouts): checking a
+//! connection out of the pool for every call would cost a recycling round trip each time. A connection that
 //! fails with an outage error is dropped and replaced on next use.
 //!
 //! Checks must run inside a Tokio runtime (the connections and timers are Tokio's).
+//!
+//! # Batching
+//! Each connection carries one script call at a time. A check that finds its connection
+//! idle is sent at once; the checks that arrive while a call is in flight wait in the
+//! connection's queue and go together in the next call, up to [`RedisConfig::max_batch`]
+//! (default 64). There is no timer: batches form from the load alone, so an idle worker pays
+//! nothing and a busy one sends fewer, larger calls. Each check in a call is decided as if it
+//! had been sent alone, in order; a key that is not a bucket fails only its own check; a
+//! check whose caller gave up before its batch left is never sent. On a Redis Cluster every
+//! check is its own call (different clients' keys live in different slots).
 //!
 //! # Errors
 //! Every check is bounded by [`RedisConfig::timeout`]. Refused, dropped and timed-out
@@ -45,6 +58,7 @@
 //! or a misconfiguration, which a fallback should report, not hide.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -55,6 +69,7 @@ use limiter_core::bucket::{self, Outcome};
 use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
 use parking_lot::Mutex;
 
+mod batch;
 mod topology;
 
 use topology::{Conn, Connect, Source};
@@ -88,6 +103,12 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// Deadline of a whole check: connecting, the script and its reply. Default 500 ms.
     pub timeout: Duration,
+    /// Most checks sent in one script call. Each connection carries one call at a time; the
+    /// checks that arrive while it is in flight go together in the next, so a lone check is
+    /// sent at once and a busy worker sends fewer, larger calls. 1 sends every check as its
+    /// own call, concurrently. Default 64. A Redis Cluster sends every check on its own
+    /// (checks of different clients live on different slots).
+    pub max_batch: usize,
 }
 
 impl RedisConfig {
@@ -100,6 +121,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_millis(250),
             response_timeout: Duration::from_millis(250),
             timeout: Duration::from_millis(500),
+            max_batch: 64,
         }
     }
 }
@@ -114,6 +136,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("timeout", &self.timeout)
+            .field("max_batch", &self.max_batch)
             .finish()
     }
 }
@@ -130,11 +153,19 @@ pub fn redacted(url: &str) -> String {
 
 /// The Redis backend. See the [crate docs](crate).
 pub struct RedisLimiter {
+    inner: Arc<Inner>,
+}
+
+/// The limiter's state, shared with the tasks that send batched checks.
+struct Inner {
     source: Source,
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
     generation: AtomicU64,
-    script: Script,
+    /// The SHA-1 of [`SCRIPT`], for `EVALSHA`.
+    sha: String,
+    /// One per connection when checks are batched; none when each check is its own call.
+    lanes: Box<[batch::Lane]>,
     config: RedisConfig,
 }
 
@@ -153,25 +184,33 @@ impl RedisLimiter {
     /// starts even while Redis is down.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a malformed URL or zero connections.
+    /// [`Error::InvalidConfig`] for a malformed URL, zero connections or a zero batch size.
     pub fn new(config: RedisConfig) -> Result<Self, Error> {
         if config.connections == 0 {
             return Err(invalid("connections must be at least 1"));
         }
+        if config.max_batch == 0 {
+            return Err(invalid("max_batch must be at least 1"));
+        }
         let source = Source::new(&config)?;
+        let batched = config.max_batch > 1 && !matches!(source, Source::Cluster(_));
+        let lanes = if batched { config.connections } else { 0 };
         Ok(Self {
-            source,
-            slots: (0..config.connections).map(|_| Slot::default()).collect(),
-            next_slot: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
-            script: Script::new(SCRIPT),
-            config,
+            inner: Arc::new(Inner {
+                source,
+                slots: (0..config.connections).map(|_| Slot::default()).collect(),
+                next_slot: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
+                sha: Script::new(SCRIPT).get_hash().to_owned(),
+                lanes: (0..lanes).map(|_| batch::Lane::default()).collect(),
+                config,
+            }),
         })
     }
 
     /// The settings in force.
     pub fn config(&self) -> &RedisConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// The Redis keys of `client`'s buckets under `policy`, one per quota, in order.
@@ -193,6 +232,27 @@ impl RedisLimiter {
     /// # Errors
     /// As for [`RateLimiter::check`]: unavailable when Redis cannot be reached in time.
     pub async fn warm_up(&self) -> Result<(), Error> {
+        self.inner.warm_up().await
+    }
+
+    /// One `PING` on the next connection in turn: the bare round trip of this client, for
+    /// comparing a check's latency with. ([`RateLimiter::ping`] pings every connection.)
+    ///
+    /// # Errors
+    /// As for [`RateLimiter::check`].
+    pub async fn ping_once(&self) -> Result<(), Error> {
+        let i = self.inner.next_slot();
+        self.inner.ping_slot(i).await
+    }
+}
+
+impl Inner {
+    /// The next connection in turn.
+    fn next_slot(&self) -> usize {
+        self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    async fn warm_up(&self) -> Result<(), Error> {
         let all = async {
             for i in 0..self.slots.len() {
                 if let Err(e) = self.ping_slot(i).await {
@@ -211,13 +271,6 @@ impl RedisLimiter {
 
     /// `PING` on slot `i`'s connection, opening it if needed; a failure that means the
     /// connection is unusable empties the slot.
-    /// One `PING` on the next connection in turn: the bare round trip of this client, for
-    /// comparing a check's latency with. ([`RateLimiter::ping`] pings every connection.)
-    pub async fn ping_once(&self) -> Result<(), Error> {
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.ping_slot(i).await
-    }
-
     async fn ping_slot(&self, i: usize) -> Result<(), Error> {
         let (generation, mut conn) = self.connection(i).await?;
         let guard = StallGuard::new(self, i, generation);
@@ -226,62 +279,39 @@ impl RedisLimiter {
         result.map(drop).map_err(|e| self.failed(i, generation, e))
     }
 
-    async fn run(&self, client: &ClientKey, policy: &Policy, cost: u64) -> Result<[i64; 5], Error> {
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    /// One check as its own script call, on connection `i`.
+    async fn run_on(&self, i: usize, call: &Call) -> Result<[i64; 5], Error> {
         let (generation, mut conn) = self.connection(i).await?;
         let guard = StallGuard::new(self, i, generation);
-        let result = match conn {
-            // On NOSCRIPT (a restart, a SCRIPT FLUSH, a failover) this loads the script and
-            // retries once, by itself.
-            Conn::Single(_) => {
-                let mut invocation = self.script.prepare_invoke();
-                invocation.arg(cost);
-                for q in policy.quotas() {
-                    invocation
-                        .key(bucket_key(client, policy, q))
-                        .arg(q.unit())
-                        .arg(q.refill())
-                        .arg(q.max_level());
-                }
-                invocation.invoke_async::<Vec<i64>>(&mut conn).await
-            }
-            // On a cluster, a NOSCRIPT is answered by sending the script itself (EVAL), which
-            // goes wherever the keys live, MOVED and ASK followed, and leaves the script
-            // cached there. Loading it separately could land on another node while slots
-            // move during a failover.
-            Conn::Cluster(_) => {
-                let call = |command: &str, script: &str| {
-                    let mut cmd = redis::cmd(command);
-                    cmd.arg(script).arg(policy.quotas().len());
-                    for q in policy.quotas() {
-                        cmd.arg(bucket_key(client, policy, q));
-                    }
-                    cmd.arg(cost);
-                    for q in policy.quotas() {
-                        cmd.arg(q.unit()).arg(q.refill()).arg(q.max_level());
-                    }
-                    cmd
-                };
-                match call("EVALSHA", self.script.get_hash())
-                    .query_async::<Vec<i64>>(&mut conn)
-                    .await
-                {
-                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        call("EVAL", SCRIPT).query_async(&mut conn).await
-                    }
-                    other => other,
-                }
-            }
-        };
+        let result = self.eval(&mut conn, call).await;
         guard.disarm();
-        match result {
-            Ok(reply) => <[i64; 5]>::try_from(reply).map_err(|reply| {
-                Error::backend(
-                    BACKEND,
-                    format!("script replied {} values, expected 5", reply.len()),
-                )
-            }),
-            Err(e) => Err(self.failed(i, generation, e)),
+        let reply = result.map_err(|e| self.failed(i, generation, e))?;
+        <[i64; 5]>::try_from(reply).map_err(|reply| {
+            Error::backend(
+                BACKEND,
+                format!("script replied {} values, expected 5", reply.len()),
+            )
+        })
+    }
+
+    /// Runs the script on `call`'s checks: `EVALSHA`, and on `NOSCRIPT` (a restart, a
+    /// `SCRIPT FLUSH`, a failover) `EVAL` with the script itself, which leaves it cached. On
+    /// a cluster `EVAL` goes wherever the keys are by then, MOVED and ASK followed: loading
+    /// the script separately could land on another node while slots move.
+    async fn eval(&self, conn: &mut Conn, call: &Call) -> redis::RedisResult<Vec<i64>> {
+        let command = |name: &str, script: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(script)
+                .arg(call.keys.len())
+                .arg(&call.keys)
+                .arg(&call.args);
+            cmd
+        };
+        match command("EVALSHA", &self.sha).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                command("EVAL", SCRIPT).query_async(conn).await
+            }
+            other => other,
         }
     }
 
@@ -334,6 +364,35 @@ impl RedisLimiter {
     }
 }
 
+/// The keys and arguments of one script call, in the script's order: one check's, or a
+/// batch's, one check after the other.
+#[derive(Default)]
+struct Call {
+    keys: Vec<String>,
+    args: Vec<u64>,
+}
+
+impl Call {
+    fn new(client: &ClientKey, policy: &Policy, cost: u64) -> Self {
+        let quotas = policy.quotas();
+        let mut args = Vec::with_capacity(2 + 3 * quotas.len());
+        args.extend([cost, quotas.len() as u64]);
+        for q in quotas {
+            args.extend([q.unit(), q.refill(), q.max_level()]);
+        }
+        Self {
+            keys: RedisLimiter::bucket_keys(client, policy),
+            args,
+        }
+    }
+
+    /// Appends `other`'s check, leaving it empty.
+    fn append(&mut self, other: &mut Call) {
+        self.keys.append(&mut other.keys);
+        self.args.append(&mut other.args);
+    }
+}
+
 #[async_trait]
 impl RateLimiter for RedisLimiter {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
@@ -342,10 +401,19 @@ impl RateLimiter for RedisLimiter {
         }
         let quotas = policy.quotas();
         bucket::validate(quotas, cost)?;
-        let reply = tokio::time::timeout(self.config.timeout, self.run(key, policy, cost))
+        let call = Call::new(key, policy, cost);
+        let inner = &self.inner;
+        let reply = async {
+            if inner.lanes.is_empty() {
+                inner.run_on(inner.next_slot(), &call).await
+            } else {
+                batch::run(inner, call).await
+            }
+        };
+        let reply = tokio::time::timeout(inner.config.timeout, reply)
             .await
-            .map_err(|_| self.timed_out())??;
-        let outcome = parse_reply(reply, quotas.len())?;
+            .map_err(|_| inner.timed_out())??;
+        let outcome = parse_reply(reply, quotas.len(), |q| bucket_key(key, policy, &quotas[q]))?;
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
     }
 
@@ -356,7 +424,7 @@ impl RateLimiter for RedisLimiter {
 
     /// On a cluster, the 16384 hash slots; otherwise 1.
     fn partitions(&self) -> usize {
-        match self.source {
+        match self.inner.source {
             Source::Cluster(_) => topology::SLOTS,
             _ => 1,
         }
@@ -364,7 +432,7 @@ impl RateLimiter for RedisLimiter {
 
     /// On a cluster, the client's [`hash_slot`].
     fn partition_of(&self, key: &ClientKey) -> usize {
-        match self.source {
+        match self.inner.source {
             Source::Cluster(_) => usize::from(hash_slot(key)),
             _ => 0,
         }
@@ -378,19 +446,20 @@ impl RateLimiter for RedisLimiter {
         let Ok(slot) = u16::try_from(partition) else {
             return Err(invalid(format_args!("no hash slot {partition}")));
         };
-        if !matches!(self.source, Source::Cluster(_)) {
-            return self.warm_up().await;
+        let inner = &self.inner;
+        if !matches!(inner.source, Source::Cluster(_)) {
+            return inner.warm_up().await;
         }
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = inner.next_slot();
         let ping = async {
-            let (generation, conn) = self.connection(i).await?;
+            let (generation, conn) = inner.connection(i).await?;
             conn.probe_slot(slot)
                 .await
-                .map_err(|e| self.failed(i, generation, e))
+                .map_err(|e| inner.failed(i, generation, e))
         };
-        tokio::time::timeout(self.config.timeout, ping)
+        tokio::time::timeout(inner.config.timeout, ping)
             .await
-            .map_err(|_| self.timed_out())?
+            .map_err(|_| inner.timed_out())?
     }
 
     /// On a cluster, every slot range of the master that owns `partition`, read from
@@ -401,15 +470,16 @@ impl RateLimiter for RedisLimiter {
             reason = "one range: the partition alone"
         )]
         let alone = vec![partition..partition + 1];
-        if !matches!(self.source, Source::Cluster(_)) {
+        let inner = &self.inner;
+        if !matches!(inner.source, Source::Cluster(_)) {
             return alone;
         }
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = inner.next_slot();
         let ask = async {
-            let (_, conn) = self.connection(i).await.ok()?;
+            let (_, conn) = inner.connection(i).await.ok()?;
             conn.slot_owners().await
         };
-        match tokio::time::timeout(self.config.timeout, ask).await {
+        match tokio::time::timeout(inner.config.timeout, ask).await {
             Ok(Some(owners)) => topology::colocated(&owners, partition).unwrap_or(alone),
             _ => alone,
         }
@@ -418,10 +488,12 @@ impl RateLimiter for RedisLimiter {
 
 impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("RedisLimiter")
-            .field("config", &self.config)
-            .field("topology", &Topology::of(&self.config.url))
-            .field("connections", &self.source.status())
+            .field("config", &inner.config)
+            .field("topology", &Topology::of(&inner.config.url))
+            .field("batched", &!inner.lanes.is_empty())
+            .field("connections", &inner.source.status())
             .finish_non_exhaustive()
     }
 }
@@ -436,7 +508,7 @@ const STALLED_AFTER: Duration = Duration::from_millis(10);
 /// without this a connection stuck behind a network partition would stay in its slot, and
 /// every later call on it would hang until TCP gave up.
 struct StallGuard<'a> {
-    limiter: &'a RedisLimiter,
+    limiter: &'a Inner,
     slot: usize,
     generation: u64,
     started: Instant,
@@ -444,7 +516,7 @@ struct StallGuard<'a> {
 }
 
 impl<'a> StallGuard<'a> {
-    fn new(limiter: &'a RedisLimiter, slot: usize, generation: u64) -> Self {
+    fn new(limiter: &'a Inner, slot: usize, generation: u64) -> Self {
         Self {
             limiter,
             slot,
@@ -478,19 +550,31 @@ fn bucket_key(client: &ClientKey, policy: &Policy, q: &Quota) -> String {
     )
 }
 
-/// The script's reply as an [`Outcome`], refusing anything out of range.
-fn parse_reply(reply: [i64; 5], quotas: usize) -> Result<Outcome, Error> {
+/// The script's reply as an [`Outcome`], refusing anything out of range. `key_of(q)` names
+/// quota `q`'s key, for the error when it holds something that is not a bucket.
+fn parse_reply(
+    reply: [i64; 5],
+    quotas: usize,
+    key_of: impl FnOnce(usize) -> String,
+) -> Result<Outcome, Error> {
     let [allowed, quota, remaining, reset, retry] = reply;
     let bad = || Error::backend(BACKEND, format!("script replied {reply:?}, out of range"));
-    let allowed = match allowed {
-        0 => false,
-        1 => true,
-        _ => return Err(bad()),
-    };
     let quota = usize::try_from(quota)
         .ok()
         .filter(|&q| q < quotas)
         .ok_or_else(bad)?;
+    let allowed = match allowed {
+        0 => false,
+        1 => true,
+        -1 => {
+            let key = key_of(quota);
+            return Err(Error::backend(
+                BACKEND,
+                format!("{key} holds something that is not a bucket"),
+            ));
+        }
+        _ => return Err(bad()),
+    };
     let remaining = u64::try_from(remaining).map_err(|_| bad())?;
     let reset_after_us = u64::try_from(reset).map_err(|_| bad())?;
     let retry_after_us = match (allowed, retry) {
@@ -588,8 +672,11 @@ mod tests {
 
     #[test]
     fn replies_out_of_range_are_backend_errors() {
-        assert!(parse_reply([1, 0, 5, 10, -1], 1).is_ok());
-        assert!(parse_reply([0, 1, 0, 10, 7], 2).is_ok());
+        let key = |q| format!("key{q}");
+        assert!(parse_reply([1, 0, 5, 10, -1], 1, key).is_ok());
+        assert!(parse_reply([0, 1, 0, 10, 7], 2, key).is_ok());
+        let err = parse_reply([-1, 1, 0, 0, 0], 2, key).unwrap_err();
+        assert!(err.to_string().contains("key1 holds something"), "{err}");
         for bad in [
             [2, 0, 5, 10, -1],
             [1, 1, 5, 10, -1],
@@ -598,8 +685,10 @@ mod tests {
             [1, 0, 5, 10, 3],
             [0, 0, 5, 10, -1],
             [0, 0, 5, 10, 0],
+            [-1, 1, 0, 0, 0],
+            [-2, 0, 0, 0, 0],
         ] {
-            let err = parse_reply(bad, 1).unwrap_err();
+            let err = parse_reply(bad, 1, key).unwrap_err();
             assert!(
                 !err.is_unavailable() && !err.is_invalid_input(),
                 "{bad:?}: {err}"
@@ -608,9 +697,16 @@ mod tests {
     }
 
     #[test]
-    fn zero_connections_is_an_error() {
+    fn zero_connections_or_batch_size_is_an_error() {
         let mut config = RedisConfig::from_url("redis://127.0.0.1:6379");
         config.connections = 0;
         assert!(RedisLimiter::new(config).unwrap_err().is_invalid_input());
+        let mut config = RedisConfig::from_url("redis://127.0.0.1:6379");
+        config.max_batch = 0;
+        let err = RedisLimiter::new(config).unwrap_err();
+        assert!(
+            err.is_invalid_input() && err.to_string().contains("max_batch"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,207 @@
+//! Checks batched per connection: each connection carries one script call at a time, and the
+//! checks that reach it while that call is in flight go together in the next one.
+//!
+//! A check that finds its connection idle is sent at once, by its own task, so an idle
+//! worker pays nothing for batching. One that finds a call in flight joins the connection's
+//! queue; when the call ends, a task sends the queue, up to `max_batch` checks per call,
+//! until it is empty. Batches form by themselves from the load: there is no timer and no
+//! waiting for company, and a busy worker sends fewer, larger calls, so Redis spends its
+//! time on buckets instead of on commands.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use limiter_core::Error;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::{BACKEND, Call, Inner, STALLED_AFTER};
+
+/// Most checks a connection's queue holds. Callers are bounded by their own deadline; this
+/// bounds the memory of a queue whose connection hangs.
+const QUEUED: usize = 4096;
+
+type Reply = Result<[i64; 5], Error>;
+
+/// One connection's state.
+#[derive(Default)]
+pub(crate) struct Lane {
+    state: Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// A call is in flight, or a task is about to send the queue.
+    busy: bool,
+    /// Checks waiting for the next call, in arrival order.
+    queue: Vec<Job>,
+}
+
+/// A check waiting for its batch: its keys and arguments, and where its answer goes.
+struct Job {
+    call: Call,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Runs `call` on the next connection in turn: at once if the connection is idle, else in
+/// its next batch.
+pub(crate) async fn run(inner: &Arc<Inner>, call: Call) -> Reply {
+    let lane = inner.next_slot();
+    let turn = {
+        let mut state = inner.lanes[lane].state.lock();
+        if state.busy {
+            if state.queue.len() >= QUEUED {
+                state.queue.retain(|job| !job.reply.is_closed());
+            }
+            if state.queue.len() >= QUEUED {
+                return Err(Error::unavailable(
+                    BACKEND,
+                    format!("{QUEUED} checks are already waiting for one connection"),
+                ));
+            }
+            let (reply, answer) = oneshot::channel();
+            state.queue.push(Job { call, reply });
+            Turn::Wait(answer)
+        } else {
+            state.busy = true;
+            Turn::Send(call)
+        }
+    };
+    match turn {
+        Turn::Send(call) => {
+            // Hands the connection on when this call ends, or when its caller gives up.
+            let _busy = Busy { inner, lane };
+            inner.run_on(lane, &call).await
+        }
+        Turn::Wait(answer) => answer
+            .await
+            .map_err(|_| Error::backend(BACKEND, "a batch was dropped before it was sent"))?,
+    }
+}
+
+/// What a check does on arriving at its connection.
+enum Turn {
+    /// The connection was idle: send the check now.
+    Send(Call),
+    /// A call is in flight: the check is queued; its answer comes here.
+    Wait(oneshot::Receiver<Reply>),
+}
+
+/// Marks lane `lane` busy until dropped; then the queue, if any, is sent by a new task.
+struct Busy<'a> {
+    inner: &'a Arc<Inner>,
+    lane: usize,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.lanes[self.lane].state.lock();
+        if state.queue.is_empty() {
+            state.busy = false;
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                drop(state);
+                runtime.spawn(drain(Arc::clone(self.inner), self.lane));
+            }
+            // Only when a runtime is shutting down: the waiting checks get an error.
+            Err(_) => {
+                state.queue.clear();
+                state.busy = false;
+            }
+        }
+    }
+}
+
+/// Sends lane `lane`'s queue, up to `max_batch` checks per call, one call at a time, until
+/// it is empty.
+async fn drain(inner: Arc<Inner>, lane: usize) {
+    let max = inner.config.max_batch;
+    loop {
+        let mut jobs: Vec<Job> = {
+            let mut state = inner.lanes[lane].state.lock();
+            // A caller that gave up (its deadline passed) is not sent: its tokens stay.
+            state.queue.retain(|job| !job.reply.is_closed());
+            if state.queue.is_empty() {
+                state.busy = false;
+                return;
+            }
+            let n = state.queue.len().min(max);
+            state.queue.drain(..n).collect()
+        };
+        send(&inner, lane, &mut jobs).await;
+    }
+}
+
+/// Sends `jobs` as one script call on connection `lane` and answers each.
+async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
+    let (generation, mut conn) = match inner.connection(lane).await {
+        Ok(kept) => kept,
+        Err(e) => return fail(jobs, e),
+    };
+    let mut call = Call::default();
+    for job in jobs.iter_mut() {
+        call.append(&mut job.call);
+    }
+    let started = Instant::now();
+    let result = {
+        let every_caller_gone = async {
+            for job in jobs.iter_mut() {
+                job.reply.closed().await;
+            }
+        };
+        tokio::select! {
+            result = inner.eval(&mut conn, &call) => Some(result),
+            () = every_caller_gone => None,
+        }
+    };
+    match result {
+        // Every caller's deadline passed: a call this slow means a connection stuck behind a
+        // partition, whose later calls would hang too (see `StallGuard`).
+        None => {
+            if started.elapsed() >= STALLED_AFTER {
+                inner.forget(lane, generation);
+            }
+        }
+        Some(Ok(reply)) if reply.len() == 5 * jobs.len() => {
+            for (job, fields) in jobs.drain(..).zip(reply.chunks_exact(5)) {
+                let fields = <[i64; 5]>::try_from(fields)
+                    .map_err(|_| Error::backend(BACKEND, "a check's reply is not five integers"));
+                let _ = job.reply.send(fields); // a caller that left needs no answer
+            }
+        }
+        Some(Ok(reply)) => {
+            let count = jobs.len();
+            fail(
+                jobs,
+                Error::backend(
+                    BACKEND,
+                    format!(
+                        "script replied {} values for {count} checks, expected {}",
+                        reply.len(),
+                        5 * count
+                    ),
+                ),
+            );
+        }
+        Some(Err(e)) => fail(jobs, inner.failed(lane, generation, e)),
+    }
+}
+
+/// Answers every check of a failed call with the same error.
+fn fail(jobs: &mut Vec<Job>, error: Error) {
+    let unavailable = error.is_unavailable();
+    let source: Arc<dyn std::error::Error + Send + Sync> = match error {
+        Error::Unavailable { source, .. } | Error::Backend { source, .. } => Arc::from(source),
+        other => Arc::new(other),
+    };
+    for job in jobs.drain(..) {
+        let source = Arc::clone(&source);
+        let _ = job.reply.send(Err(if unavailable {
+            Error::unavailable(BACKEND, source)
+        } else {
+            Error::backend(BACKEND, source)
+        }));
+    }
+}

@@ -1,0 +1,204 @@
+//! Concurrent checks share script calls, and sharing changes no decision: each check is
+//! answered as if it had been sent alone, a broken key fails only its own check, and a check
+//! whose caller gave up before its batch left is never sent.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use limiter_core::{ClientKey, Policy, Quota, RateLimiter};
+use limiter_redis::{RedisConfig, RedisLimiter, redis};
+
+const TASKS: u128 = 128;
+const CHECKS_PER_TASK: u64 = 20;
+
+/// A quota that does not refill while a test runs: remaining counts are exact.
+fn policy(name: &str) -> Arc<Policy> {
+    Arc::new(Policy::new(name, [Quota::per_day(1_000).unwrap()]).unwrap())
+}
+
+/// Script calls (`EVALSHA` and `EVAL`) Redis has run since its statistics were reset.
+async fn script_calls(redis_server: &support::TestRedis) -> u64 {
+    redis_server
+        .command_calls()
+        .await
+        .iter()
+        .filter(|(name, _)| name == "evalsha" || name == "eval")
+        .map(|(_, calls)| calls)
+        .sum()
+}
+
+async fn reset_stats(redis_server: &support::TestRedis) {
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis_server.raw().await)
+        .await
+        .unwrap();
+}
+
+/// `TASKS` tasks, each checking its own client `CHECKS_PER_TASK` times in a row; every
+/// answer must count down from the capacity by exactly one.
+async fn run_tasks(limiter: Arc<RedisLimiter>, policy: Arc<Policy>, first_client: u128) {
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (limiter, policy) = (limiter.clone(), policy.clone());
+            tokio::spawn(async move {
+                let client = ClientKey::from(first_client + t);
+                for k in 1..=CHECKS_PER_TASK {
+                    let decision = limiter.check(&client, &policy, 1).await.unwrap();
+                    assert!(decision.allowed);
+                    assert_eq!(decision.remaining, 1_000 - k, "client {t}, check {k}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_share_script_calls_and_decide_the_same() {
+    // Its own container: the call counts must not include other tests' checks.
+    let redis_server = support::TestRedis::container().await;
+    let checks = (TASKS as u64) * CHECKS_PER_TASK;
+
+    let batched = Arc::new(redis_server.limiter());
+    assert!(batched.config().max_batch > 1, "batching is the default");
+    batched.warm_up().await.unwrap();
+    reset_stats(&redis_server).await;
+    run_tasks(batched, policy("batched"), 0).await;
+    let calls = script_calls(&redis_server).await;
+    assert!(
+        calls <= checks / 2,
+        "{checks} concurrent checks took {calls} script calls: they were not batched"
+    );
+
+    let mut config = RedisConfig::from_url(&redis_server.url);
+    config.max_batch = 1;
+    let unbatched = Arc::new(RedisLimiter::new(config).unwrap());
+    unbatched.warm_up().await.unwrap();
+    reset_stats(&redis_server).await;
+    run_tasks(unbatched, policy("unbatched"), 0).await;
+    assert_eq!(
+        script_calls(&redis_server).await,
+        checks,
+        "max_batch = 1 sends each check on its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_a_bucket_fails_only_its_own_check() {
+    let redis_server = support::TestRedis::container().await;
+    let limiter = Arc::new(redis_server.limiter());
+    let policy = policy("junk");
+    let junk = ClientKey::from(7_u128);
+    let junk_key = RedisLimiter::bucket_keys(&junk, &policy).remove(0);
+    let () = redis::cmd("SET")
+        .arg(&junk_key)
+        .arg("not a bucket")
+        .query_async(&mut redis_server.raw().await)
+        .await
+        .unwrap();
+    reset_stats(&redis_server).await;
+
+    let tasks: Vec<_> = (0..64u128)
+        .map(|t| {
+            let (limiter, policy) = (limiter.clone(), policy.clone());
+            tokio::spawn(async move {
+                let client = ClientKey::from(t);
+                let mut results = Vec::new();
+                for _ in 0..20 {
+                    results.push(limiter.check(&client, &policy, 1).await);
+                }
+                (client, results)
+            })
+        })
+        .collect();
+    let mut checks = 0;
+    for t in tasks {
+        let (client, results) = t.await.unwrap();
+        for result in results {
+            checks += 1;
+            if client == junk {
+                let err = result.unwrap_err();
+                assert!(
+                    !err.is_unavailable(),
+                    "a broken key is not an outage: {err}"
+                );
+                assert!(
+                    err.to_string().contains(&junk_key),
+                    "the error names the key: {err}"
+                );
+            } else {
+                assert!(result.unwrap().allowed);
+            }
+        }
+    }
+    let calls = script_calls(&redis_server).await;
+    assert!(
+        calls < checks / 2,
+        "{checks} checks took {calls} calls: the broken key never shared a batch"
+    );
+    let () = redis::cmd("GET")
+        .arg(&junk_key)
+        .query_async::<String>(&mut redis_server.raw().await)
+        .await
+        .map(|stored| assert_eq!(stored, "not a bucket", "the broken key was overwritten"))
+        .unwrap();
+}
+
+/// Blocks Redis for `ms` milliseconds with a busy script, as a slow server would.
+const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] \
+    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) * 1000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_whose_caller_gave_up_is_not_sent() {
+    let redis_server = support::TestRedis::container().await;
+    let mut config = RedisConfig::from_url(&redis_server.url);
+    config.connections = 1; // every check on one connection: one in flight, the rest queued
+    config.timeout = Duration::from_millis(50);
+    let limiter = Arc::new(RedisLimiter::new(config).unwrap());
+    let policy = policy("gave-up");
+    let client = ClientKey::from(42_u128);
+    // The script is cached in Redis: a check is one EVALSHA.
+    limiter
+        .check(&ClientKey::from(1_u128), &policy, 1)
+        .await
+        .unwrap();
+
+    let mut busy_conn = redis_server.raw().await;
+    let busy = tokio::spawn(async move {
+        redis::cmd("EVAL")
+            .arg(BUSY)
+            .arg(0)
+            .arg(400)
+            .query_async::<()>(&mut busy_conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // the script is running
+
+    let checks: Vec<_> = (0..10)
+        .map(|_| {
+            let (limiter, policy) = (limiter.clone(), policy.clone());
+            tokio::spawn(async move { limiter.check(&client, &policy, 1).await })
+        })
+        .collect();
+    for check in checks {
+        let err = check.await.unwrap().unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+    }
+    busy.await.unwrap().unwrap();
+
+    // The first check was on the wire when its caller gave up, and Redis ran it once it
+    // was free; the nine queued behind it were never sent.
+    let decision = limiter.check(&client, &policy, 1).await.unwrap();
+    assert_eq!(
+        decision.remaining,
+        1_000 - 2,
+        "tokens spent by abandoned checks"
+    );
+}
