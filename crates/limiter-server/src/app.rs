@@ -94,6 +94,7 @@ impl App {
             Some(url) => {
                 let mut redis = RedisConfig::from_url(url);
                 redis.connections = config.redis.connections;
+                redis.max_batch = config.redis.max_batch;
                 redis.connect_timeout = Duration::from_millis(config.redis.connect_timeout_ms);
                 redis.response_timeout = Duration::from_millis(config.redis.response_timeout_ms);
                 let redis = RedisLimiter::new(redis).map_err(|e| {

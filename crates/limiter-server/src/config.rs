@@ -124,6 +124,8 @@ impl Default for MemorySection {
 pub struct RedisSection {
     /// Multiplexed connections kept open. Default 4.
     pub connections: usize,
+    /// Most checks sent in one script call; 1 sends each check on its own. Default 64.
+    pub max_batch: usize,
     /// Longest wait to open a connection, in ms. Default 250.
     pub connect_timeout_ms: u64,
     /// Longest wait for a reply, in ms. Default 250.
@@ -134,6 +136,7 @@ impl Default for RedisSection {
     fn default() -> Self {
         Self {
             connections: 4,
+            max_batch: 64,
             connect_timeout_ms: 250,
             response_timeout_ms: 250,
         }
@@ -345,11 +348,13 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.redis.connections == 0 {
-            return Err(ConfigError::field(
-                "redis.connections",
-                "must be at least 1",
-            ));
+        for (field, n) in [
+            ("redis.connections", self.redis.connections),
+            ("redis.max_batch", self.redis.max_batch),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::field(field, "must be at least 1"));
+            }
         }
         for (field, ms) in [
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),

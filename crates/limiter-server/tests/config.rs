@@ -130,6 +130,8 @@ fn an_invalid_file_fails_at_start_naming_the_field() {
         ),
         ("trusted_proxies = [\"10.0.0.0/33\"]\n", "trusted_proxies"),
         ("[memory]\nmax_buckets = 0\n", "memory.max_buckets"),
+        ("[redis]\nconnections = 0\n", "redis.connections"),
+        ("[redis]\nmax_batch = 0\n", "redis.max_batch"),
         ("this is not toml", "line 1, column 6"),
     ];
     for (file, field) in cases {
