@@ -5,9 +5,16 @@
 #
 # Starts its own redis-server on 127.0.0.1:6390 (installing Debian's redis-server and
 # redis-tools if missing), loads lua/token_bucket.lua, and for each concurrency runs
-#   - redis-benchmark: EVALSHA of that script, -P 1 and -P 16, and PING (the round-trip floor);
-#   - the limiter-redis throughput bench: RedisLimiter::check in a closed loop;
-# on 10,000 keys with a quota that admits every check, then prints a markdown table.
+#   - redis-benchmark: EVALSHA of that script, one check per call, -P 1 and -P 16, and PING
+#     (the round-trip floor);
+#   - the limiter-redis throughput bench: RedisLimiter::check in a closed loop, batched (the
+#     default) and with max_batch = 1 (one call per check, like redis-benchmark's);
+# on 10,000 keys, then prints a markdown table.
+#
+# The quota admits every check (the costlier path, which writes) and refills one token per
+# second from a burst of 10^9: each bucket's key lives for seconds, as real clients' do. (A
+# quota of 10^9 per second would refill within a microsecond, so every key would expire a
+# millisecond after its write and Redis's expiry cycle would take part of the server's time.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +37,9 @@ for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep
 
 cli() { redis-cli -p "$PORT" "$@"; }
 sha=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua)")
-# The same quota as the Rust bench: 1e9 per second, so unit 1, refill 1000, max 1e9.
-evalsha=(EVALSHA "$sha" 1 "rl:{__rand_int__}:bench:1000000000-1000000-1000000000" 1 1 1000 1000000000)
+# One check, as the Rust bench's: cost 1, one quota of 1 per second with a burst of 1e9
+# (unit 1e6 µs-units per token, refill 1 unit per µs, max 1e15 units).
+evalsha=(EVALSHA "$sha" 1 "rl:{__rand_int__}:bench:1-1000000-1000000000" 1 1 1000000 1 1000000000000000)
 
 # requests per point: enough for about SECS seconds at the measured ceilings
 # redis-benchmark's CSV: "test","rps","avg_latency_ms","min","p50","p95","p99","max"
@@ -42,34 +50,58 @@ rb_p50_p99() {
 }
 
 cargo build --release -q -p limiter-redis --benches
-ours=$(REDIS_URL="redis://127.0.0.1:$PORT" cargo bench -q -p limiter-redis --bench throughput -- "$SECS" $TASKS 2>/dev/null | tail -n +2)
+throughput() {
+    REDIS_URL="redis://127.0.0.1:$PORT" MAX_BATCH=$1 \
+        cargo bench -q -p limiter-redis --bench throughput -- "$SECS" $TASKS 2>/dev/null | tail -n +2
+}
+ours=$(throughput "")  # the default
+single=$(throughput 1)
 
-echo "| tasks / clients | limiter-redis checks/s | p50 µs | p99 µs | errors | redis-benchmark EVALSHA -P 1 /s | p50 µs | p99 µs | EVALSHA -P 16 /s | ours ÷ -P 16 | PING -P 1 /s | PING p99 µs |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| tasks / clients | limiter-redis checks/s | p50 µs | p99 µs | errors | max_batch 1 checks/s | redis-benchmark EVALSHA -P 1 /s | p50 µs | p99 µs | EVALSHA -P 16 /s | ours ÷ -P 16 | PING -P 1 /s | PING p99 µs | batched ÷ max_batch 1 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for c in $TASKS; do
     n=$((SECS * (c == 1 ? 4000 : 30000)))
     read -r ev_rps ev_p50 ev_p99 <<<"$(rb_p50_p99 "$c" 1 "$n" "${evalsha[@]}")"
     read -r evp_rps _ _ <<<"$(rb_p50_p99 "$c" 16 "$((n * 3))" "${evalsha[@]}")"
     read -r ping_rps _ ping_p99 <<<"$(rb_p50_p99 "$c" 1 "$n" PING)"
     read -r _ o_rps o_p50 o_p99 o_err <<<"$(echo "$ours" | awk -v c="$c" '$1 == c')"
+    read -r _ s_rps _ _ s_err <<<"$(echo "$single" | awk -v c="$c" '$1 == c')"
     ratio=$(awk -v a="$o_rps" -v b="$evp_rps" 'BEGIN { printf "%.2f", a / b }')
-    echo "| $c | $o_rps | $o_p50 | $o_p99 | $o_err | $ev_rps | $ev_p50 | $ev_p99 | $evp_rps | $ratio | $ping_rps | $ping_p99 |"
+    gain=$(awk -v a="$o_rps" -v b="$s_rps" 'BEGIN { printf "%.2f", a / b }')
+    echo "| $c | $o_rps | $o_p50 | $o_p99 | $((o_err + s_err)) | $s_rps | $ev_rps | $ev_p50 | $ev_p99 | $evp_rps | $ratio | $ping_rps | $ping_p99 | $gain |"
 done
 
 # Latency at half of peak load, against the round trip at the same load. The peak is the
 # closed-loop figure at the highest concurrency; then the same tasks offer half of it in an
-# open loop, first as checks, then as PINGs through the same client (the floor).
+# open loop (limiter-bench's pacer: evenly spaced sends), first as checks, then as PINGs
+# through the same client (the floor). Twice: with the client and Redis sharing both cores,
+# and with Redis on core 1 and the client on core 0, as on a deployment where Redis has a
+# CPU of its own (sharing, the client's threads preempt Redis for whole time slices).
 cargo build --release -q -p limiter-bench
 bench=target/release/limiter-bench
 top=${TASKS##* }
 json() { python3 -c "import json,sys; r=json.load(sys.stdin); print(' '.join(str(r[k]) for k in sys.argv[1:]))" "$@"; }
-run_bench() { "$bench" --redis-url "redis://127.0.0.1:$PORT" --concurrency "$top" --duration "$SECS" --json "$@"; }
-peak=$(run_bench --backend redis | json checks_per_sec)
-half=$(awk -v p="$peak" 'BEGIN { printf "%.0f", p / 2 }')
-read -r c_rate c_p50 c_p99 c_err <<<"$(run_bench --backend redis --rate "$half" | json checks_per_sec p50_us p99_us errors)"
-read -r p_rate p_p50 p_p99 <<<"$(run_bench --backend redis-ping --rate "$half" | json checks_per_sec p50_us p99_us)"
+PIN=()
+run_bench() {
+    ${PIN[@]+"${PIN[@]}"} "$bench" --redis-url "redis://127.0.0.1:$PORT" --concurrency "$top" \
+        --duration "$SECS" --limit 1 --burst 1000000000 --json "$@"
+}
+half_load() {
+    local cores=$1 peak half c_rate c_p50 c_p99 c_err p_rate p_p50 p_p99
+    peak=$(run_bench --backend redis | json checks_per_sec)
+    half=$(awk -v p="$peak" 'BEGIN { printf "%.0f", p / 2 }')
+    read -r c_rate c_p50 c_p99 c_err <<<"$(run_bench --backend redis --rate "$half" | json checks_per_sec p50_us p99_us errors)"
+    read -r p_rate p_p50 p_p99 <<<"$(run_bench --backend redis-ping --rate "$half" | json checks_per_sec p50_us p99_us)"
+    printf '| %s | %s | %.0f | %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s |\n' "$top" "$cores" "$peak" "$half" \
+        "$c_rate" "$c_p50" "$c_p99" "$c_err" "$p_rate" "$p_p50" "$p_p99" \
+        "$(awk -v a="$c_p99" -v b="$p_p99" 'BEGIN { printf "%.2f", a / b }')"
+}
 echo
-echo "| tasks | peak checks/s | offered /s | checks/s | p50 µs | p99 µs | errors | PING /s | PING p50 µs | PING p99 µs | p99 ÷ PING p99 |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-printf '| %s | %.0f | %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s |\n' "$top" "$peak" "$half" "$c_rate" \
-    "$c_p50" "$c_p99" "$c_err" "$p_rate" "$p_p50" "$p_p99" "$(awk -v a="$c_p99" -v b="$p_p99" 'BEGIN { printf "%.2f", a / b }')"
+echo "| tasks | cores | peak checks/s | offered /s | checks/s | p50 µs | p99 µs | errors | PING /s | PING p50 µs | PING p99 µs | p99 ÷ PING p99 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+half_load shared
+redis_pid=$(cat "$dir/redis.pid")
+taskset -pc 1 "$redis_pid" >/dev/null
+PIN=(taskset -c 0)
+half_load split
+taskset -pc 0-"$(($(nproc) - 1))" "$redis_pid" >/dev/null

@@ -12,8 +12,9 @@
 #   2. Redis backend vs redis-benchmark on the same script, and p99 at half of peak load vs
 #      PING at that load: scripts/bench-redis.sh;
 #   3. HTTP with wrk: a route behind the rate-limit layer vs the same route without it
-#      (limiter-bench --serve), and ratelimitd's POST /v1/check (memory backend), each
-#      request a new client;
+#      (limiter-bench --serve) and without it but with the layer's five headers, fixed
+#      (--static-headers), and ratelimitd's POST /v1/check (memory backend), each request a
+#      new client;
 #   4. memory footprint: 1,000,000 clients in the memory backend, peak RSS;
 #   5. the Redis backend on a 3-master cluster (with replicas) vs one Redis, same client
 #      concurrency (scripts/redis-topology.sh; redis-server processes on loopback).
@@ -44,7 +45,9 @@ target/release/limiter-bench --serve 127.0.0.1:18092 --guarded 2>/dev/null &
 pids+=($!)
 RATELIMIT_LOG_FORMAT=json target/release/ratelimitd --listen 127.0.0.1:18093 2>/dev/null >/dev/null &
 pids+=($!)
-for port in 18091 18092 18093; do
+target/release/limiter-bench --serve 127.0.0.1:18094 --static-headers 2>/dev/null &
+pids+=($!)
+for port in 18091 18092 18093 18094; do
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
@@ -89,11 +92,11 @@ PY
     echo "  Redis vs redis-benchmark" >&2
     scripts/bench-redis.sh "$SECS" >"$dir/redis.md" 2>"$dir/redis.err"
 
-    echo "  HTTP: unguarded, guarded, /v1/check" >&2
+    echo "  HTTP: unguarded, guarded, /v1/check, fixed headers" >&2
     # Each server's CPU time over the run (utime + stime, in clock ticks) is kept beside
     # wrk's output: CPU per request is steadier than req/s on a shared two-core machine.
     i=0
-    for name in unguarded guarded check; do
+    for name in unguarded guarded check static; do
         pid=${pids[$i]}; i=$((i + 1))
         script=(); [ "$name" = check ] && script=(-s "$out/check.lua")
         before=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
@@ -111,7 +114,7 @@ PY
             url=redis://127.0.0.1:6391
             [ "$topology" = cluster ] && url=$cluster_url
             target/release/limiter-bench --backend redis --redis-url "$url" --concurrency "$tasks" \
-                --duration "$SECS" --json >"$dir/topology-$topology-$tasks.json"
+                --limit 1 --burst 1000000000 --duration "$SECS" --json >"$dir/topology-$topology-$tasks.json"
         done
     done
 done
@@ -152,24 +155,30 @@ def table_rows(path, columns):
     return rows
 tput, half = {}, []
 for d in dirs:
-    for r in table_rows(f"{d}/redis.md", 12):
+    for r in table_rows(f"{d}/redis.md", 14):
         tput.setdefault(int(r[0]), []).append(r)
-    half += table_rows(f"{d}/redis.md", 11)
+    half += table_rows(f"{d}/redis.md", 12)
 p("\n## Redis backend vs redis-benchmark, same script (goal: ≥ 0.9 × EVALSHA -P 16 at the top concurrency)\n")
-p("| tasks = clients | limiter-redis checks/s | p99 µs | EVALSHA -P 1 /s | EVALSHA -P 16 /s | ours ÷ -P 1 | ours ÷ -P 16 | PING -P 1 /s |")
-p("|---|---|---|---|---|---|---|---|")
+p("| tasks = clients | limiter-redis checks/s | p99 µs | max_batch 1 checks/s | batched ÷ max_batch 1 | EVALSHA -P 1 /s | EVALSHA -P 16 /s | ours ÷ -P 1 | ours ÷ -P 16 | PING -P 1 /s | errors |")
+p("|---|---|---|---|---|---|---|---|---|---|---|")
 for tasks in sorted(tput):
     rs = tput[tasks]
     col = lambda i: med(float(r[i]) for r in rs)
-    p(f"| {tasks} | {fmt(col(1))} | {fmt(col(3))} | {fmt(col(5))} | {fmt(col(8))} "
-      f"| {med(float(r[1]) / float(r[5]) for r in rs):.2f} | **{med(float(r[9]) for r in rs):.2f}** | {fmt(col(10))} |")
+    p(f"| {tasks} | {fmt(col(1))} | {fmt(col(3))} | {fmt(col(5))} | {med(float(r[13]) for r in rs):.2f} "
+      f"| {fmt(col(6))} | {fmt(col(9))} | {med(float(r[1]) / float(r[6]) for r in rs):.2f} "
+      f"| **{med(float(r[10]) for r in rs):.2f}** | {fmt(col(11))} | {sum(int(r[4]) for r in rs)} |")
 if half:
     p("\n## Latency at half of peak load vs PING at that load (goal: p99 ≤ 2 × PING p99)\n")
-    p("| tasks | peak checks/s | offered /s | check p50 µs | check p99 µs | PING p50 µs | PING p99 µs | p99 ÷ PING p99 | errors |")
-    p("|---|---|---|---|---|---|---|---|---|")
-    col = lambda i: med(float(r[i]) for r in half)
-    p(f"| {half[0][0]} | {fmt(col(1))} | {fmt(col(2))} | {fmt(col(4))} | {fmt(col(5))} | {fmt(col(8))} "
-      f"| {fmt(col(9))} | **{med(float(r[10]) for r in half):.2f}** | {sum(int(r[6]) for r in half)} |")
+    p("Cores: `shared`, the client and Redis on both cores; `split`, Redis on core 1 and the client on core 0.\n")
+    p("| tasks | cores | peak checks/s | offered /s | check p50 µs | check p99 µs | PING p50 µs | PING p99 µs | p99 ÷ PING p99 | per round | errors |")
+    p("|---|---|---|---|---|---|---|---|---|---|---|")
+    for cores in ("shared", "split"):
+        rs = [r for r in half if r[1] == cores]
+        if not rs:
+            continue
+        col = lambda i: med(float(r[i]) for r in rs)
+        p(f"| {rs[0][0]} | {cores} | {fmt(col(2))} | {fmt(col(3))} | {fmt(col(5))} | {fmt(col(6))} | {fmt(col(9))} "
+          f"| {fmt(col(10))} | **{med(float(r[11]) for r in rs):.2f}** | {', '.join(r[11] for r in rs)} | {sum(int(r[7]) for r in rs)} |")
 
 # 3. HTTP
 def wrk(path):
@@ -181,20 +190,25 @@ def wrk(path):
     requests = int(re.search(r"(\d+) requests in", text).group(1))
     ticks, hz = map(int, re.search(r"cpu_ticks (\d+) (\d+)", text).groups())
     return rps, p99, errors, ticks / hz * 1e6 / requests
-http = {name: [wrk(f"{d}/wrk-{name}.txt") for d in dirs] for name in ("unguarded", "guarded", "check")}
+http = {name: [wrk(f"{d}/wrk-{name}.txt") for d in dirs] for name in ("unguarded", "guarded", "check", "static")}
 p("\n## HTTP, wrk -t1 -c32 (goal: guarded ≥ 0.9 × unguarded)\n")
 p("Server CPU µs per request is the server process's user + system time over the run; its")
 p("ratio (unguarded ÷ this) is the throughput ratio when the server is the bottleneck.\n")
 p("| route | req/s | p99 µs | non-2xx | req/s ÷ unguarded | server CPU µs/req | CPU ratio |")
 p("|---|---|---|---|---|---|---|")
 for name, label in (("unguarded", "GET / without the layer"), ("guarded", "GET / behind the layer (memory)"),
-                    ("check", "ratelimitd POST /v1/check (memory)")):
+                    ("check", "ratelimitd POST /v1/check (memory)"),
+                    ("static", "GET / without the layer, with its five headers fixed")):
     runs = http[name]
     ratio = med(a[0] / b[0] for a, b in zip(runs, http["unguarded"]))
     cpu_ratio = med(b[3] / a[3] for a, b in zip(runs, http["unguarded"]))
     bold = "**" if name == "guarded" else ""
     p(f"| {label} | {fmt(med(r[0] for r in runs))} | {fmt(med(r[1] for r in runs))} "
       f"| {sum(r[2] for r in runs)} | {bold}{ratio:.2f}{bold} | {med(r[3] for r in runs):.2f} | {bold}{cpu_ratio:.2f}{bold} |")
+guarded_vs_static = med(g[0] / s[0] for g, s in zip(http["guarded"], http["static"]))
+p(f"\nGuarded ÷ the same five headers without the layer: {guarded_vs_static:.2f} by req/s, "
+  f"{med(s[3] / g[3] for g, s in zip(http['guarded'], http['static'])):.2f} by server CPU: the layer's own work, "
+  "apart from sending and parsing its headers.")
 
 # 4. footprint
 foot = [json.load(open(f"{d}/footprint.json")) for d in dirs]

@@ -70,15 +70,29 @@ struct Args {
     /// so every check takes the costlier path that writes.
     #[arg(long, default_value_t = 1_000_000_000)]
     limit: u64,
-    /// Open loop: offer this many checks per second in all, spread evenly over the tasks,
-    /// instead of sending the next check as soon as the last is answered. A task that falls
-    /// behind its schedule sends at once, so the offered rate holds; latency is measured
-    /// from each send.
+    /// The bucket's capacity (library backends); default: `--limit`. A small limit with a
+    /// large burst admits everything too, but leaves buckets that take seconds to refill,
+    /// so their Redis keys live as long as real clients' do instead of expiring within a
+    /// millisecond.
+    #[arg(long)]
+    burst: Option<u64>,
+    /// Open loop: offer this many checks per second in all, evenly spaced, instead of
+    /// sending the next check as soon as the last is answered. A pacing thread releases the
+    /// sends due every 100 µs to whichever tasks are free (Tokio's timers tick every
+    /// millisecond, which would send in bursts of a millisecond's worth); a send that finds
+    /// every task busy goes as soon as one is free, so the offered rate holds. Latency is
+    /// measured from each send.
     #[arg(long, value_name = "PER_SEC")]
     rate: Option<f64>,
     /// Most buckets the memory limiter keeps (memory and fallback backends).
     #[arg(long, default_value_t = MemoryConfig::default().max_buckets)]
     max_buckets: usize,
+    /// Multiplexed Redis connections (redis, fallback and redis-ping backends).
+    #[arg(long, default_value_t = RedisConfig::from_url("").connections)]
+    connections: usize,
+    /// Most checks in one script call; 1 sends each check on its own (redis and fallback).
+    #[arg(long, default_value_t = RedisConfig::from_url("").max_batch)]
+    max_batch: usize,
     /// Seconds to wait for the first URL to answer before starting (http).
     #[arg(long, default_value_t = 30.0)]
     wait: f64,
@@ -93,6 +107,11 @@ struct Args {
     /// With `--serve`: put the rate-limit layer in front of the route.
     #[arg(long)]
     guarded: bool,
+    /// With `--serve`, without `--guarded`: answer with the five headers the layer writes,
+    /// fixed, and no layer. Against the guarded route, this isolates the layer's own work
+    /// from the cost of sending and parsing its headers.
+    #[arg(long, conflicts_with = "guarded")]
+    static_headers: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,7 +202,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(addr) = args.serve {
-        return match runtime.block_on(serve(addr, args.guarded)) {
+        return match runtime.block_on(serve(addr, args.guarded, args.static_headers)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("limiter-bench: {e}");
@@ -211,7 +230,12 @@ fn main() -> ExitCode {
 /// What to drive, and the memory limiter when it is the backend (to count its buckets).
 async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimiter>>), String> {
     let policy = || -> Result<Arc<Policy>, String> {
-        let quota = Quota::per_second(args.limit).map_err(|e| format!("--limit: {e}"))?;
+        let mut quota = Quota::per_second(args.limit).map_err(|e| format!("--limit: {e}"))?;
+        if let Some(burst) = args.burst {
+            quota = quota
+                .allow_burst(burst)
+                .map_err(|e| format!("--burst: {e}"))?;
+        }
         Ok(Arc::new(
             Policy::new("bench", [quota]).map_err(|e| e.to_string())?,
         ))
@@ -223,7 +247,10 @@ async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimiter>>), Str
         .map_err(|e| e.to_string())
     };
     let redis = || -> Result<RedisLimiter, String> {
-        RedisLimiter::new(RedisConfig::from_url(&args.redis_url)).map_err(|e| e.to_string())
+        let mut config = RedisConfig::from_url(&args.redis_url);
+        config.connections = args.connections;
+        config.max_batch = args.max_batch;
+        RedisLimiter::new(config).map_err(|e| e.to_string())
     };
     let limiter: Arc<dyn RateLimiter> = match args.backend {
         BackendKind::Http => {
@@ -310,24 +337,27 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
     let started = Instant::now();
     let until = started + duration;
     let (keys, cost, step) = (args.keys, args.cost, args.concurrency as u64);
-    // Open loop: each task sends every `interval`, the tasks staggered across it.
-    #[allow(clippy::cast_precision_loss, reason = "a task count")]
-    let interval = args
-        .rate
-        .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
+    // Open loop: the pacer hands out one permit per send due.
+    let pacer = args.rate.map(|rate| {
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let handed = permits.clone();
+        std::thread::spawn(move || pace(rate, started, until, &handed));
+        permits
+    });
     let mut tasks = Vec::with_capacity(args.concurrency);
     for task in 0..step {
         let target = target.clone();
+        let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = new_histogram();
             let mut tally = Tally::default();
             let mut i = task;
-            #[allow(clippy::cast_precision_loss, reason = "task counts")]
-            let mut next = interval.map(|every| started + every.mul_f64(task as f64 / step as f64));
             while Instant::now() < until {
-                if let (Some(at), Some(every)) = (next.as_mut(), interval) {
-                    tokio::time::sleep_until((*at).into()).await;
-                    *at += every;
+                if let Some(permits) = &pacer {
+                    match permits.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => break, // the run is over
+                    }
                 }
                 let sent = Instant::now();
                 let outcome = target.once(i, keys, cost).await;
@@ -377,6 +407,32 @@ async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, 
     })
 }
 
+/// Releases `rate` permits per second on `permits`, evenly, from `started` until `until`,
+/// then closes it. Runs on a thread of its own, waking every 100 µs.
+fn pace(rate: f64, started: Instant, until: Instant, permits: &tokio::sync::Semaphore) {
+    const TICK: Duration = Duration::from_micros(100);
+    let mut released = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive count of sends, far below 2^53"
+        )]
+        let due = ((now - started).as_secs_f64() * rate) as u64;
+        if due > released {
+            // `due - released` is what one tick releases: far below usize::MAX.
+            permits.add_permits(usize::try_from(due - released).unwrap_or(usize::MAX >> 4));
+            released = due;
+        }
+        std::thread::sleep(TICK);
+    }
+    permits.close();
+}
+
 /// Peak resident set of this process in KiB, from `/proc/self/status` (Linux only).
 fn max_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -387,11 +443,30 @@ fn max_rss_kib() -> Option<u64> {
 /// `GET /` answering "ok", behind the rate-limit layer or not: the two sides of the
 /// guarded-vs-unguarded comparison. The anonymous tier admits a billion per second, so
 /// every request does the whole check and is served.
-async fn serve(addr: SocketAddr, guarded: bool) -> Result<(), String> {
+async fn serve(addr: SocketAddr, guarded: bool, static_headers: bool) -> Result<(), String> {
     use axum::Router;
     use axum::routing::get;
 
-    let mut app = Router::new().route("/", get(|| async { "ok" }));
+    let mut app = if static_headers {
+        // What the guarded route sends for the same quota, as fixed strings.
+        Router::new().route(
+            "/",
+            get(|| async {
+                (
+                    [
+                        ("x-ratelimit-limit", "1000000000"),
+                        ("x-ratelimit-remaining", "999999999"),
+                        ("x-ratelimit-reset", "1"),
+                        ("ratelimit-policy", "\"anonymous\";q=1000000000;w=1"),
+                        ("ratelimit", "\"anonymous\";r=999999999;t=1"),
+                    ],
+                    "ok",
+                )
+            }),
+        )
+    } else {
+        Router::new().route("/", get(|| async { "ok" }))
+    };
     if guarded {
         let mut tiers = TierPolicies::default();
         let quota = Quota::per_second(1_000_000_000).map_err(|e| e.to_string())?;
@@ -409,7 +484,11 @@ async fn serve(addr: SocketAddr, guarded: bool) -> Result<(), String> {
         .map_err(|e| format!("bind {addr}: {e}"))?;
     eprintln!(
         "limiter-bench: serving GET / on {addr} ({})",
-        if guarded { "guarded" } else { "unguarded" }
+        match (guarded, static_headers) {
+            (true, _) => "guarded",
+            (false, true) => "unguarded, with fixed rate-limit headers",
+            (false, false) => "unguarded",
+        }
     );
     axum::serve(
         listener,
