@@ -140,6 +140,11 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
         Ok(kept) => kept,
         Err(e) => return fail(jobs, e),
     };
+    // Connecting may have taken long enough for callers to give up: they are not sent either.
+    jobs.retain(|job| !job.reply.is_closed());
+    if jobs.is_empty() {
+        return;
+    }
     let mut call = Call::default();
     for job in jobs.iter_mut() {
         call.append(&mut job.call);
@@ -151,9 +156,11 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
                 job.reply.closed().await;
             }
         };
+        // Callers first: once all of them have left, the call must not go out.
         tokio::select! {
-            result = inner.eval(&mut conn, &call) => Some(result),
+            biased;
             () = every_caller_gone => None,
+            result = inner.eval(&mut conn, &call) => Some(result),
         }
     };
     match result {

@@ -171,15 +171,33 @@ async fn a_check_whose_caller_gave_up_is_not_sent() {
         .unwrap();
 
     let mut busy_conn = redis_server.raw().await;
+    busy_conn.set_response_timeout(Duration::from_secs(10)); // the script's reply is late
+    let mut probe = redis_server.raw().await; // opened now: a busy Redis takes no connection
     let busy = tokio::spawn(async move {
         redis::cmd("EVAL")
             .arg(BUSY)
             .arg(0)
-            .arg(400)
+            .arg(1_500)
             .query_async::<()>(&mut busy_conn)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(50)).await; // the script is running
+    // The script is running once Redis stops answering PING. It runs long enough that every
+    // check below has given up (50 ms) and been dropped well before Redis is free again.
+    loop {
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut probe);
+        if tokio::time::timeout(Duration::from_millis(20), ping)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(
+            !busy.is_finished(),
+            "Redis answered PING all through the busy script"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let checks: Vec<_> = (0..10)
         .map(|_| {
