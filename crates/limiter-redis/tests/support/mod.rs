@@ -102,11 +102,7 @@ impl TestRedis {
 
     /// Redis's clock, in microseconds.
     pub async fn time_micros(&self) -> u64 {
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut self.raw().await)
-            .await
-            .expect("TIME");
-        secs * 1_000_000 + micros
+        time_micros(&mut self.raw().await).await
     }
 
     /// Every key, by SCAN.
@@ -140,4 +136,11 @@ impl TestRedis {
             })
             .collect()
     }
+}
+
+/// Redis's clock, in microseconds, read on `conn`: on an open connection, the reading is a
+/// round trip after the call, without a connection's set-up.
+pub async fn time_micros(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    secs * 1_000_000 + micros
 }

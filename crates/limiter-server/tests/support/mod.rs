@@ -284,3 +284,30 @@ pub async fn ready(http: &reqwest::Client, server: &Server) -> serde_json::Value
     }
     panic!("worker never became ready; logs:\n{}", server.logs());
 }
+
+/// Sends requests one after the other until one is denied (`request` answers `Break` with
+/// what the test wants of the denial) and returns that. A limit of `limit` that refills a
+/// token every `refill` must admit at least `limit` first, and no more than the tokens that
+/// refilled meanwhile on top: exact on a fast machine, still true on a slow one.
+pub async fn until_denied<T, F>(limit: usize, refill: Duration, mut request: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = std::ops::ControlFlow<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut admitted = 0;
+    loop {
+        if let std::ops::ControlFlow::Break(denial) = request().await {
+            let refilled = started.elapsed().as_nanos() / refill.as_nanos();
+            let most = limit + usize::try_from(refilled).unwrap();
+            assert!(
+                (limit..=most).contains(&admitted),
+                "{admitted} admitted before the first denial; the limit {limit} allows {most} \
+                 in {:?}",
+                started.elapsed()
+            );
+            return denial;
+        }
+        admitted += 1;
+        assert!(admitted <= 2 * limit, "{admitted} admitted: no limit");
+    }
+}
