@@ -36,7 +36,8 @@
 --   5 retry_after_us   µs until this request would pass; -1 when admitted
 --   (fields 3 to 5 are 0 for an error)
 
-local floor, match, format, tonumber, call = math.floor, string.match, string.format, tonumber, redis.call
+local floor, match, format, tonumber, type = math.floor, string.match, string.format, tonumber, type
+local call, try_call = redis.call, redis.pcall
 
 -- floor(a / b) and ceil(a / b) for integers a >= 0, b > 0 below 2^53, corrected for the
 -- rounding of the floating-point quotient.
@@ -54,9 +55,12 @@ end
 
 -- The bucket at `key` as of `now`: its level (bucket::level_at) and the time it is stamped
 -- with from now on, never earlier than its stored stamp; nil if the key holds something else.
+-- GET on a hash, a list or a set is an error, which would abort the whole call after earlier
+-- checks of it wrote (Redis undoes nothing), so it is caught as "not a bucket".
 local function load(key, now, max, refill)
-    local stored = call('GET', key)
+    local stored = try_call('GET', key)
     if not stored then return max, now end
+    if type(stored) == 'table' then return nil end
     local l, u = match(stored, '^(%d+) (%d+)$')
     if not l then return nil end
     local level, at = tonumber(l), tonumber(u)

@@ -95,12 +95,23 @@ async fn a_key_that_is_not_a_bucket_fails_only_its_own_check() {
     let redis_server = support::TestRedis::container().await;
     let limiter = Arc::new(redis_server.limiter());
     let policy = policy("junk");
-    let junk = ClientKey::from(7_u128);
+    // Two clients whose keys hold something else: a string, which the script reads and
+    // rejects, and a hash, on which GET itself fails.
+    let (junk, hashed) = (ClientKey::from(7_u128), ClientKey::from(9_u128));
     let junk_key = RedisLimiter::bucket_keys(&junk, &policy).remove(0);
+    let hash_key = RedisLimiter::bucket_keys(&hashed, &policy).remove(0);
+    let mut raw = redis_server.raw().await;
     let () = redis::cmd("SET")
         .arg(&junk_key)
         .arg("not a bucket")
-        .query_async(&mut redis_server.raw().await)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("HSET")
+        .arg(&hash_key)
+        .arg("field")
+        .arg("value")
+        .query_async(&mut raw)
         .await
         .unwrap();
     reset_stats(&redis_server).await;
@@ -121,20 +132,34 @@ async fn a_key_that_is_not_a_bucket_fails_only_its_own_check() {
     let mut checks = 0;
     for t in tasks {
         let (client, results) = t.await.unwrap();
-        for result in results {
+        for (k, result) in (1..).zip(results) {
             checks += 1;
-            if client == junk {
-                let err = result.unwrap_err();
-                assert!(
-                    !err.is_unavailable(),
-                    "a broken key is not an outage: {err}"
-                );
-                assert!(
-                    err.to_string().contains(&junk_key),
-                    "the error names the key: {err}"
-                );
+            let broken = if client == junk {
+                Some(&junk_key)
+            } else if client == hashed {
+                Some(&hash_key)
             } else {
-                assert!(result.unwrap().allowed);
+                None
+            };
+            match broken {
+                Some(key) => {
+                    let err = result.unwrap_err();
+                    assert!(
+                        !err.is_unavailable(),
+                        "a broken key is not an outage: {err}"
+                    );
+                    assert!(
+                        err.to_string().contains(key.as_str()),
+                        "the error names the key: {err}"
+                    );
+                }
+                // Every other client's checks count down exactly: none failed with a
+                // broken neighbour, none spent tokens for a batch that failed.
+                None => {
+                    let decision = result.unwrap();
+                    assert!(decision.allowed);
+                    assert_eq!(decision.remaining, 1_000 - k, "{client}, check {k}");
+                }
             }
         }
     }
@@ -149,6 +174,12 @@ async fn a_key_that_is_not_a_bucket_fails_only_its_own_check() {
         .await
         .map(|stored| assert_eq!(stored, "not a bucket", "the broken key was overwritten"))
         .unwrap();
+    let kind: String = redis::cmd("TYPE")
+        .arg(&hash_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(kind, "hash", "the hash was overwritten");
 }
 
 /// Blocks Redis for `ms` milliseconds with a busy script, as a slow server would.
