@@ -100,23 +100,46 @@ impl Drop for Busy<'_> {
             state.busy = false;
             return;
         }
+        drop(state);
+        let drainer = Drainer {
+            inner: Arc::clone(self.inner),
+            lane: self.lane,
+            finished: false,
+        };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                drop(state);
-                runtime.spawn(drain(Arc::clone(self.inner), self.lane));
-            }
-            // Only when a runtime is shutting down: the waiting checks get an error.
-            Err(_) => {
-                state.queue.clear();
-                state.busy = false;
-            }
+            Ok(runtime) => drop(runtime.spawn(drain(drainer))),
+            // Outside a runtime the queue cannot be sent: dropping the drainer answers it.
+            Err(_) => drop(drainer),
         }
     }
 }
 
-/// Sends lane `lane`'s queue, up to `max_batch` checks per call, one call at a time, until
+/// Owns lane `lane`'s queue while a task sends it. Dropped before it has finished (the task
+/// panicked, or a runtime shutting down dropped it, run or not), it empties the queue, whose
+/// callers then get an error at once, and leaves the lane idle: no check waits for a task
+/// that will never run.
+struct Drainer {
+    inner: Arc<Inner>,
+    lane: usize,
+    /// The queue was found empty and the lane marked idle, under its lock.
+    finished: bool,
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.inner.lanes[self.lane].state.lock();
+        state.queue.clear();
+        state.busy = false;
+    }
+}
+
+/// Sends the drainer's queue, up to `max_batch` checks per call, one call at a time, until
 /// it is empty.
-async fn drain(inner: Arc<Inner>, lane: usize) {
+async fn drain(mut drainer: Drainer) {
+    let (inner, lane) = (Arc::clone(&drainer.inner), drainer.lane);
     let max = inner.config.max_batch;
     loop {
         let mut jobs: Vec<Job> = {
@@ -125,6 +148,7 @@ async fn drain(inner: Arc<Inner>, lane: usize) {
             state.queue.retain(|job| !job.reply.is_closed());
             if state.queue.is_empty() {
                 state.busy = false;
+                drainer.finished = true;
                 return;
             }
             let n = state.queue.len().min(max);
@@ -134,34 +158,36 @@ async fn drain(inner: Arc<Inner>, lane: usize) {
     }
 }
 
+/// Resolves once every caller of `jobs` has given up.
+async fn every_caller_gone(jobs: &mut [Job]) {
+    for job in jobs {
+        job.reply.closed().await;
+    }
+}
+
 /// Sends `jobs` as one script call on connection `lane` and answers each.
 async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
-    let (generation, mut conn) = match inner.connection(lane).await {
+    // Callers first, here and below: once all of them have left, nothing is sent.
+    let connected = tokio::select! {
+        biased;
+        () = every_caller_gone(jobs) => return,
+        connected = inner.connection(lane) => connected,
+    };
+    let (generation, mut conn) = match connected {
         Ok(kept) => kept,
         Err(e) => return fail(jobs, e),
     };
-    // Connecting may have taken long enough for callers to give up: they are not sent either.
+    // Connecting may have taken long enough for some callers to give up: they are not sent.
     jobs.retain(|job| !job.reply.is_closed());
-    if jobs.is_empty() {
-        return;
-    }
     let mut call = Call::default();
     for job in jobs.iter_mut() {
         call.append(&mut job.call);
     }
     let started = Instant::now();
-    let result = {
-        let every_caller_gone = async {
-            for job in jobs.iter_mut() {
-                job.reply.closed().await;
-            }
-        };
-        // Callers first: once all of them have left, the call must not go out.
-        tokio::select! {
-            biased;
-            () = every_caller_gone => None,
-            result = inner.eval(&mut conn, &call) => Some(result),
-        }
+    let result = tokio::select! {
+        biased;
+        () = every_caller_gone(jobs) => None,
+        result = inner.eval(&mut conn, &call) => Some(result),
     };
     match result {
         // Every caller's deadline passed: a call this slow means a connection stuck behind a

@@ -251,3 +251,62 @@ async fn a_check_whose_caller_gave_up_is_not_sent() {
         "tokens spent by abandoned checks"
     );
 }
+
+/// An application may build its limiter once and use it from several runtimes, one of which
+/// shuts down while checks wait on a connection: the connection must not stay taken by a
+/// task that died with that runtime.
+#[test]
+fn checks_queued_in_a_runtime_that_shut_down_do_not_block_the_connection() {
+    let runtime = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main = runtime(2);
+    let _context = main.enter(); // the container is removed on drop, from within a runtime
+    let redis_server = main.block_on(support::TestRedis::container());
+    let mut config = RedisConfig::from_url(&redis_server.url);
+    config.connections = 1;
+    config.timeout = Duration::from_secs(5); // checks still wait when their runtime ends
+    let limiter = Arc::new(RedisLimiter::new(config).unwrap());
+    let policy = policy("outlived");
+    let client = ClientKey::from(5_u128);
+    main.block_on(limiter.check(&client, &policy, 1)).unwrap();
+
+    // Redis busy for a second, so that one check is in flight and the rest queue behind it.
+    let (mut busy_conn, mut probe) =
+        main.block_on(async { (redis_server.raw().await, redis_server.raw().await) });
+    busy_conn.set_response_timeout(Duration::from_secs(10));
+    let busy = main.spawn(async move {
+        redis::cmd("EVAL")
+            .arg(BUSY)
+            .arg(0)
+            .arg(1_000)
+            .query_async::<()>(&mut busy_conn)
+            .await
+    });
+    let short = runtime(1);
+    short.block_on(async {
+        for _ in 0..10 {
+            let (limiter, policy) = (limiter.clone(), policy.clone());
+            tokio::spawn(async move { limiter.check(&client, &policy, 1).await });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    drop(short); // its tasks are dropped: the one in flight, and the queue's sender
+
+    main.block_on(async {
+        busy.await.unwrap().unwrap();
+        let ping = redis::cmd("PING");
+        let _: String = ping.query_async(&mut probe).await.unwrap();
+        let started = std::time::Instant::now();
+        let decision = limiter.check(&client, &policy, 1).await;
+        assert!(
+            decision.is_ok(),
+            "the connection stayed taken after its runtime shut down: {decision:?} after {:?}",
+            started.elapsed()
+        );
+    });
+}
