@@ -107,7 +107,10 @@ pub struct RedisConfig {
     /// checks that arrive while it is in flight go together in the next, so a lone check is
     /// sent at once and a busy worker sends fewer, larger calls. 1 sends every check as its
     /// own call, concurrently. Default 64. A Redis Cluster sends every check on its own
-    /// (checks of different clients live on different slots).
+    /// (checks of different clients live on different slots). So must anything that shards
+    /// keys behind a single `redis://` address (a proxy such as Envoy's or twemproxy, a
+    /// clustered database behind one endpoint): set 1 there, or batches that span shards
+    /// are refused.
     pub max_batch: usize,
 }
 
