@@ -182,9 +182,18 @@ async fn a_key_that_is_not_a_bucket_fails_only_its_own_check() {
     assert_eq!(kind, "hash", "the hash was overwritten");
 }
 
-/// Blocks Redis for `ms` milliseconds with a busy script, as a slow server would.
-const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] \
-    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) * 1000";
+/// Blocks Redis for `ms` milliseconds with a busy script on `conn`, as a slow server would.
+async fn hold_busy(mut conn: redis::aio::MultiplexedConnection, ms: u64) -> redis::RedisResult<()> {
+    const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) * 1000";
+    conn.set_response_timeout(Duration::from_millis(ms) + Duration::from_secs(10));
+    redis::cmd("EVAL")
+        .arg(BUSY)
+        .arg(0)
+        .arg(ms)
+        .query_async(&mut conn)
+        .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_whose_caller_gave_up_is_not_sent() {
@@ -201,17 +210,9 @@ async fn a_check_whose_caller_gave_up_is_not_sent() {
         .await
         .unwrap();
 
-    let mut busy_conn = redis_server.raw().await;
-    busy_conn.set_response_timeout(Duration::from_secs(10)); // the script's reply is late
+    let busy_conn = redis_server.raw().await;
     let mut probe = redis_server.raw().await; // opened now: a busy Redis takes no connection
-    let busy = tokio::spawn(async move {
-        redis::cmd("EVAL")
-            .arg(BUSY)
-            .arg(0)
-            .arg(1_500)
-            .query_async::<()>(&mut busy_conn)
-            .await
-    });
+    let busy = tokio::spawn(hold_busy(busy_conn, 1_500));
     // The script is running once Redis stops answering PING. It runs long enough that every
     // check below has given up (50 ms) and been dropped well before Redis is free again.
     loop {
@@ -276,17 +277,9 @@ fn checks_queued_in_a_runtime_that_shut_down_do_not_block_the_connection() {
     main.block_on(limiter.check(&client, &policy, 1)).unwrap();
 
     // Redis busy for a second, so that one check is in flight and the rest queue behind it.
-    let (mut busy_conn, mut probe) =
+    let (busy_conn, mut probe) =
         main.block_on(async { (redis_server.raw().await, redis_server.raw().await) });
-    busy_conn.set_response_timeout(Duration::from_secs(10));
-    let busy = main.spawn(async move {
-        redis::cmd("EVAL")
-            .arg(BUSY)
-            .arg(0)
-            .arg(1_000)
-            .query_async::<()>(&mut busy_conn)
-            .await
-    });
+    let busy = main.spawn(hold_busy(busy_conn, 1_000));
     let short = runtime(1);
     short.block_on(async {
         for _ in 0..10 {
