@@ -139,11 +139,11 @@ impl Drop for Drainer {
 /// Sends the drainer's queue, up to `max_batch` checks per call, one call at a time, until
 /// it is empty.
 async fn drain(mut drainer: Drainer) {
-    let (inner, lane) = (Arc::clone(&drainer.inner), drainer.lane);
-    let max = inner.config.max_batch;
+    let lane = drainer.lane;
+    let max = drainer.inner.config.max_batch;
     loop {
         let mut jobs: Vec<Job> = {
-            let mut state = inner.lanes[lane].state.lock();
+            let mut state = drainer.inner.lanes[lane].state.lock();
             // A caller that gave up (its deadline passed) is not sent: its tokens stay.
             state.queue.retain(|job| !job.reply.is_closed());
             if state.queue.is_empty() {
@@ -154,7 +154,7 @@ async fn drain(mut drainer: Drainer) {
             let n = state.queue.len().min(max);
             state.queue.drain(..n).collect()
         };
-        send(&inner, lane, &mut jobs).await;
+        send(&drainer.inner, lane, &mut jobs).await;
     }
 }
 
