@@ -1,35 +1,47 @@
 //! The token bucket, once, in exact integer arithmetic.
 //!
 //! # Terms and units
-//! - **Time** is whole microseconds in a `u64` (`now`, `updated`): the resolution of Redis's
-//!   `TIME`, so the Redis script and the memory backend compute the same numbers.
-//! - A quota of `tokens` per `period` µs refills at the rational rate `tokens / period`.
-//!   With `g = gcd(tokens, period)`, one token is **`unit = period / g` units** and the bucket
-//!   gains **`refill = tokens / g` units per microsecond**. Both are integers, so the
-//!   **level** (units in the bucket) is an integer at every instant and refill never drifts:
-//!   after a full drain the n-th token is back at exactly ⌈n × period / tokens⌉ µs.
+//! - **Time** is whole **microseconds** in a `u64` (`now`): the resolution of Redis's
+//!   `TIME`, so the Redis script and the memory backend compute the same numbers. A quota
+//!   counts it in **ticks** of [`Quota::tick`] µs: 1 µs for nearly every quota, a coarser
+//!   divisor of the period only when the exact form needs too many units (below).
+//! - A quota of `tokens` per `period` refills at the rational rate `tokens / period`. With
+//!   `ticks = period / tick` and `g = gcd(tokens, ticks)`, one token is
+//!   **`unit = ticks / g` units** and the bucket gains **`refill = tokens / g` units per
+//!   tick**. Both are integers, so the **level** (units in the bucket) is an integer at every
+//!   tick and refill never drifts: after a full drain the n-th token is back at exactly
+//!   ⌈n × ticks / tokens⌉ ticks, and every window of one period refills exactly `tokens`.
 //! - The **max level** is `capacity × unit` ≤ [`MAX_LEVEL`](crate::MAX_LEVEL) (2^50), so
-//!   every intermediate value below stays exact in Lua's doubles as well.
+//!   every intermediate value below stays exact in Lua's doubles as well. The tick is the
+//!   smallest divisor of the period that keeps it there (see [`Quota::tick`]): a token comes
+//!   back at the first tick at or after its exact time, never earlier, at most `tick - 1` µs
+//!   later.
 //!
-//! A bucket is stored as two integers, `(level, updated)`. Its level at `now` is
-//! `min(max, level + (now − updated) × refill)`; time never runs backwards for a bucket
-//! (`now < updated` counts as no time passed), so a clock that steps back cannot hand out
-//! tokens twice. Because the level is a pure function of the stored pair and `now`, a
-//! denied check need not write anything: storing the refilled level would change no
-//! future decision.
+//! A bucket is stored as two integers, `(level, updated)`: `updated` is in microseconds and
+//! always falls on a tick. Its level at `now` is
+//! `min(max, level + (ticks(now) − ticks(updated)) × refill)`; time never runs backwards for
+//! a bucket (`now < updated` counts as no time passed, and the bucket keeps its later stamp),
+//! so a clock that steps back cannot hand out tokens twice. Because the level is a pure
+//! function of the stored pair and `now`, a denied check need not write anything: storing
+//! the refilled level would change no future decision.
+//!
+//! Every wait is counted from the bucket's stamp: a bucket stamped later than `now` is full
+//! again, and admits a request, that much later. Waits are reported in microseconds from
+//! `now`, at most [`MAX_WAIT_US`].
 //!
 //! A request of `cost` tokens needs `cost × unit` units from **every** quota of its policy:
 //! it is admitted only if each bucket holds that much, and then takes it from each. A request
 //! denied by one quota consumes from none. `lua/token_bucket.lua` transliterates [`check`].
 
-use crate::{Error, MAX_QUOTAS, Quota};
+use crate::{Error, MAX_QUOTAS, MAX_WAIT_US, Quota};
 
 /// The stored state of one bucket: its level in units at time `updated` (µs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BucketState {
     /// Units in the bucket at `updated`.
     pub level: u64,
-    /// When `level` was measured, in microseconds of the deciding clock.
+    /// When `level` was measured, in microseconds of the deciding clock: a multiple of the
+    /// quota's [`tick`](Quota::tick).
     pub updated: u64,
 }
 
@@ -38,36 +50,76 @@ impl BucketState {
     pub fn full(quota: &Quota, now: u64) -> Self {
         Self {
             level: quota.max_level(),
-            updated: now,
+            updated: quota.ticks(now) * quota.tick(),
         }
+    }
+
+    /// The level at `now`, refilled and capped at the quota's max level, and the tick it is
+    /// measured at: the later of `now`'s and the stamp's.
+    #[inline]
+    fn at(&self, quota: &Quota, now: u64) -> (u64, u64) {
+        let max = quota.max_level();
+        let missing = max.saturating_sub(self.level);
+        let (now, stamp) = (quota.ticks(now), quota.ticks(self.updated));
+        let elapsed = now.saturating_sub(stamp);
+        // elapsed × refill ≥ missing ⇔ elapsed ≥ ⌈missing / refill⌉: a multiply, not a
+        // division, on the hot path. An overflowing product is certainly ≥ missing.
+        let level = match elapsed.checked_mul(quota.refill()) {
+            Some(gained) if gained < missing => self.level + gained,
+            _ => max,
+        };
+        (level, now.max(stamp))
     }
 
     /// The level at `now`, refilled and capped at the quota's max level.
     pub fn level_at(&self, quota: &Quota, now: u64) -> u64 {
-        let max = quota.max_level();
-        let missing = max.saturating_sub(self.level);
-        let elapsed = now.saturating_sub(self.updated);
-        // elapsed × refill ≥ missing ⇔ elapsed ≥ ⌈missing / refill⌉: a multiply, not a
-        // division, on the hot path. An overflowing product is certainly ≥ missing.
-        match elapsed.checked_mul(quota.refill()) {
-            Some(gained) if gained < missing => self.level + gained,
-            _ => max,
-        }
+        self.at(quota, now).0
     }
 
-    /// Microseconds from `updated` until the bucket is full: the expiry of its stored state,
-    /// after which forgetting it loses nothing.
+    /// Microseconds from `updated` until the bucket is full (saturating): after that,
+    /// forgetting it loses nothing.
     pub fn full_after(&self, quota: &Quota) -> u64 {
-        quota
+        let ticks = quota
             .max_level()
             .saturating_sub(self.level)
-            .div_ceil(quota.refill())
+            .div_ceil(quota.refill());
+        ticks.saturating_mul(quota.tick())
+    }
+
+    /// The expiry, in milliseconds from `now`, that a store gives this state when it writes
+    /// it at `now`: the time until the bucket is full, counted from its own stamp (which may
+    /// be later than `now`), rounded up, at most [`MAX_WAIT_US`] rounded up. The Redis
+    /// script sets exactly this as the key's `PX`.
+    pub fn ttl_ms(&self, quota: &Quota, now: u64) -> u64 {
+        let (level, stamp) = self.at(quota, now);
+        let missing = quota.max_level() - level;
+        until(quota, stamp, missing.div_ceil(quota.refill()), now).div_ceil(1_000)
     }
 
     /// True when the bucket is full at `now`: its state is worth nothing and may be forgotten.
     pub fn is_full_at(&self, quota: &Quota, now: u64) -> bool {
         self.level_at(quota, now) == quota.max_level()
     }
+}
+
+/// Microseconds from `now` until tick `stamp + ticks` of `quota`, at most [`MAX_WAIT_US`];
+/// 0 when `ticks` is 0. `stamp` is at or after `now`'s tick, so the result of a positive
+/// `ticks` is positive.
+#[inline]
+fn until(quota: &Quota, stamp: u64, ticks: u64, now: u64) -> u64 {
+    if ticks == 0 {
+        return 0;
+    }
+    if quota.tick() == 1 {
+        // The common case, in u64: stamp ≥ now, and both are far below 2^63.
+        return (stamp - now).saturating_add(ticks).min(MAX_WAIT_US);
+    }
+    let end = (u128::from(stamp) + u128::from(ticks)) * u128::from(quota.tick());
+    let wait = end
+        .saturating_sub(u128::from(now))
+        .min(u128::from(MAX_WAIT_US));
+    // Below MAX_WAIT_US, so it fits.
+    u64::try_from(wait).unwrap_or(MAX_WAIT_US)
 }
 
 /// What [`check`] decided, and the figures of the quota that matters most.
@@ -124,20 +176,30 @@ pub fn check(
     // Divisions are the costly part of this function, so the allowed path of a one-quota
     // policy does two (tokens left, time to full) and nothing else divides unless needed.
     let mut levels = [0u64; MAX_QUOTAS];
+    let mut stamps = [0u64; MAX_QUOTAS];
     let mut allowed = true;
-    for ((q, s), level) in quotas.iter().zip(states.iter()).zip(levels.iter_mut()) {
-        *level = s.level_at(q, now);
+    for (i, (q, s)) in quotas.iter().zip(states.iter()).enumerate() {
+        (levels[i], stamps[i]) = s.at(q, now);
         // cost ≤ capacity (validated), so cost × unit ≤ max level: no overflow.
-        allowed &= *level >= cost * q.unit();
+        allowed &= levels[i] >= cost * q.unit();
     }
     let levels = &mut levels[..quotas.len()];
+    let reset = |i: usize, level: u64| {
+        let q = &quotas[i];
+        until(
+            q,
+            stamps[i],
+            (q.max_level() - level).div_ceil(q.refill()),
+            now,
+        )
+    };
 
     let reported = if allowed {
-        for ((q, s), level) in quotas.iter().zip(states.iter_mut()).zip(levels.iter_mut()) {
-            *level -= cost * q.unit();
+        for (i, (q, s)) in quotas.iter().zip(states.iter_mut()).enumerate() {
+            levels[i] -= cost * q.unit();
             *s = BucketState {
-                level: *level,
-                updated: now.max(s.updated),
+                level: levels[i],
+                updated: stamps[i] * q.tick(),
             };
         }
         // The quota with the fewest whole tokens left; on a tie, the one that takes longest
@@ -145,11 +207,9 @@ pub fn check(
         let mut best = 0;
         if quotas.len() > 1 {
             let key = |i: usize| {
-                let q = &quotas[i];
-                let missing = q.max_level() - levels[i];
                 (
-                    levels[i] / q.unit(),
-                    std::cmp::Reverse(missing.div_ceil(q.refill())),
+                    levels[i] / quotas[i].unit(),
+                    std::cmp::Reverse(reset(i, levels[i])),
                 )
             };
             best = (0..quotas.len()).min_by_key(|&i| key(i)).unwrap_or(0);
@@ -161,8 +221,8 @@ pub fn check(
         for (i, (q, &level)) in quotas.iter().zip(levels.iter()).enumerate() {
             let need = cost * q.unit();
             if level < need {
-                let wait = (need - level).div_ceil(q.refill());
-                if wait > best.1 || best.1 == 0 {
+                let wait = until(q, stamps[i], (need - level).div_ceil(q.refill()), now);
+                if wait > best.1 {
                     best = (i, wait);
                 }
             }
@@ -172,13 +232,15 @@ pub fn check(
 
     let q = &quotas[reported];
     let level = levels[reported];
-    let retry_after_us = (!allowed).then(|| (cost * q.unit() - level).div_ceil(q.refill()));
-    let reset_after_us = (q.max_level() - level).div_ceil(q.refill());
+    let retry_after_us = (!allowed).then(|| {
+        let ticks = (cost * q.unit() - level).div_ceil(q.refill());
+        until(q, stamps[reported], ticks, now)
+    });
     Ok(Outcome {
         allowed,
         quota: reported,
         remaining: level / q.unit(),
-        reset_after_us,
+        reset_after_us: reset(reported, level),
         retry_after_us,
     })
 }
@@ -285,6 +347,73 @@ mod tests {
         let o = check(&quotas, &mut s, 0, 1).unwrap();
         assert!(!o.allowed);
         assert_eq!(s[0].updated, 5_000_000);
+    }
+
+    #[test]
+    fn waits_count_from_a_later_stamp() {
+        // 10 per second, emptied with a stamp one minute after `now` (a clock that stepped
+        // back): nothing refills before the stamp, and the waits and expiry say so.
+        let quotas = [q(10, 1_000)];
+        let later = 60_000_000;
+        let mut s = [BucketState {
+            level: 0,
+            updated: later,
+        }];
+        let o = check(&quotas, &mut s, 0, 1).unwrap();
+        assert!(!o.allowed);
+        assert_eq!(o.retry_after_us, Some(later + 100_000));
+        assert_eq!(o.reset_after_us, later + 1_000_000);
+        let full = BucketState {
+            level: quotas[0].max_level(),
+            updated: later,
+        };
+        let mut s = [full];
+        let o = check(&quotas, &mut s, 0, 1).unwrap();
+        assert!(o.allowed);
+        assert_eq!(s[0].updated, later, "the later stamp is kept");
+        assert_eq!(o.reset_after_us, later + 100_000);
+        assert_eq!(s[0].ttl_ms(&quotas[0], 0), (later + 100_000) / 1_000);
+    }
+
+    #[test]
+    fn coarse_ticks_refill_exactly_the_limit_each_period() {
+        // 20011 per day does not fit exactly (20011 × 86.4e9 units): ticks of 2 µs.
+        let quota = Quota::per_day(20_011).unwrap();
+        assert_eq!(quota.tick(), 2);
+        let quotas = [quota];
+        let day = 86_400_000_000;
+        // Start on an odd microsecond, so ticks and `now` disagree.
+        let start = 1_000_000_001;
+        let mut s = [BucketState::full(&quota, start)];
+        assert_eq!(s[0].updated, start - 1, "stamps fall on ticks");
+        check(&quotas, &mut s, start, 20_011).unwrap();
+        let o = check(&quotas, &mut s, start, 1).unwrap();
+        // The first token is back at the first tick at or after its exact time.
+        let exact = (day as u128).div_ceil(20_011) as u64;
+        let at = (start - 1) + exact.div_ceil(2) * 2;
+        assert_eq!(o.retry_after_us, Some(at - start));
+        assert!(at - (start - 1) - exact < 2, "at most one tick late");
+        assert!(!check(&quotas, &mut s, at - 1, 1).unwrap().allowed);
+        assert!(check(&quotas, &mut s, at, 1).unwrap().allowed);
+        // Over the day that follows, exactly the limit comes back.
+        let mut s = [BucketState {
+            level: 0,
+            updated: start - 1,
+        }];
+        assert_eq!(
+            s[0].level_at(&quota, start - 1 + day) / quota.unit(),
+            20_011
+        );
+        assert_eq!(
+            s[0].level_at(&quota, start - 1 + day - 2) / quota.unit(),
+            20_010,
+            "not a tick earlier"
+        );
+        assert!(
+            check(&quotas, &mut s, start - 1 + day, 20_011)
+                .unwrap()
+                .allowed
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// A denied request is not an error: it is a [`Decision`](crate::Decision) with
 /// `allowed == false`. An `Error` means no decision was made, either because the input can
 /// never be decided (a zero cost, a cost larger than the bucket) or because the backend
-/// could not be reached. Callers classify errors with the predicates, never by message:
-/// the fallback switches on [`Error::is_unavailable`].
+/// could not be reached or refused to decide. Callers classify errors with the predicates and
+/// [`Error::kind`], never by message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -71,16 +71,104 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
-    /// The backend answered, but not with a decision: a script error, a protocol error, a
-    /// reply of the wrong shape. This is a bug or a misconfiguration, not an outage.
-    #[error("{backend} failed: {source}")]
+    /// The backend answered, but not with a decision: it refused (out of memory, writes
+    /// stopped, authentication, permissions), its script failed, or its reply had the wrong
+    /// shape. It could not decide, so a fallback answers instead, as for an outage.
+    #[error("{backend} failed ({kind}): {source}")]
     Backend {
         /// Which backend.
         backend: &'static str,
+        /// What kind of refusal or failure.
+        kind: ErrorKind,
         /// The underlying failure.
         #[source]
         source: BoxError,
     },
+    /// One stored bucket could not be read (a Redis key holding something else): this check
+    /// could not be decided, every other check can. Not an outage.
+    #[error("{backend}: {reason}")]
+    UnreadableBucket {
+        /// Which backend.
+        backend: &'static str,
+        /// Which bucket, by its storage key (a hash, never a raw client ID), and why.
+        reason: String,
+    },
+}
+
+/// What kind of failure an [`Error`] is: a stable label for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller's input can never be decided.
+    InvalidInput,
+    /// The backend could not be reached, or said it cannot serve now.
+    Unavailable,
+    /// The backend missed its deadline.
+    Timeout,
+    /// The backend is out of memory and refuses writes (Redis `OOM`).
+    OutOfMemory,
+    /// The backend refuses writes for another reason (Redis `MISCONF`: persistence failing).
+    WritesRefused,
+    /// The backend refused the credentials, or wants some (`NOAUTH`, `WRONGPASS`).
+    Auth,
+    /// The credentials may not run what a check needs (`NOPERM`).
+    Permission,
+    /// The backend answered with an error of another kind (a script error, too many
+    /// clients, an unknown command).
+    Server,
+    /// The backend's reply was not of the expected shape or range.
+    Reply,
+    /// A stored bucket could not be read ([`Error::UnreadableBucket`]).
+    Bucket,
+    /// The client library failed in another way.
+    Client,
+}
+
+impl ErrorKind {
+    /// Every kind, in order.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::OutOfMemory,
+        ErrorKind::WritesRefused,
+        ErrorKind::Auth,
+        ErrorKind::Permission,
+        ErrorKind::Server,
+        ErrorKind::Reply,
+        ErrorKind::Bucket,
+        ErrorKind::Client,
+    ];
+
+    /// The label: `"invalid_input"`, `"unavailable"`, `"timeout"`, `"out_of_memory"`,
+    /// `"writes_refused"`, `"auth"`, `"permission"`, `"server"`, `"reply"`, `"bucket"` or
+    /// `"client"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::OutOfMemory => "out_of_memory",
+            ErrorKind::WritesRefused => "writes_refused",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Server => "server",
+            ErrorKind::Reply => "reply",
+            ErrorKind::Bucket => "bucket",
+            ErrorKind::Client => "client",
+        }
+    }
+
+    /// This kind's position in [`ErrorKind::ALL`], for counters kept in an array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Error {
@@ -92,16 +180,36 @@ impl Error {
         }
     }
 
-    /// An [`Error::Backend`] from a backend's own error.
-    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+    /// An [`Error::Backend`] of `kind` from a backend's own error.
+    pub fn backend(backend: &'static str, kind: ErrorKind, source: impl Into<BoxError>) -> Self {
         Self::Backend {
             backend,
+            kind,
             source: source.into(),
         }
     }
 
-    /// True when the backend is down, unreachable or too slow: an outage that a fallback
-    /// should absorb.
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Backend { kind, .. } => *kind,
+            Self::UnreadableBucket { .. } => ErrorKind::Bucket,
+            _ => ErrorKind::InvalidInput,
+        }
+    }
+
+    /// True when only this check failed and the backend can decide every other one (a
+    /// bucket it could not read). A fallback answers the check without opening its circuit.
+    pub fn is_per_check(&self) -> bool {
+        matches!(self, Self::UnreadableBucket { .. })
+    }
+
+    /// True when the backend is down, unreachable or too slow. Every other failure to decide
+    /// that is not the caller's ([`is_invalid_input`](Self::is_invalid_input)) nor confined
+    /// to one check ([`is_per_check`](Self::is_per_check)) is an outage to a fallback too: a
+    /// backend that refuses writes cannot decide either.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
     }
@@ -158,14 +266,27 @@ mod tests {
             after: Duration::from_millis(50),
         };
         assert!(slow.is_unavailable() && slow.is_timeout());
-        let bug = Error::backend("redis", io());
-        assert!(!bug.is_unavailable() && !bug.is_invalid_input());
+        let oom = Error::backend("redis", ErrorKind::OutOfMemory, io());
+        assert!(!oom.is_unavailable() && !oom.is_invalid_input() && !oom.is_per_check());
+        assert_eq!(oom.kind(), ErrorKind::OutOfMemory);
+        let bucket = Error::UnreadableBucket {
+            backend: "redis",
+            reason: "rl:{..}:p:1-1-1 holds a hash".into(),
+        };
+        assert!(bucket.is_per_check() && !bucket.is_invalid_input() && !bucket.is_unavailable());
+        assert_eq!(bucket.kind(), ErrorKind::Bucket);
+        assert_eq!(down.kind(), ErrorKind::Unavailable);
+        assert_eq!(slow.kind(), ErrorKind::Timeout);
         let big = Error::InsufficientCapacity {
             cost: 7,
             capacity: 5,
         };
         assert!(big.is_invalid_input() && big.is_insufficient_capacity() && !big.is_unavailable());
         assert!(Error::ZeroCost.is_invalid_input());
+        assert_eq!(Error::ZeroCost.kind(), ErrorKind::InvalidInput);
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
     }
 
     #[test]

@@ -40,11 +40,11 @@ mod quota;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Backend, Decision};
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, ErrorKind};
 pub use key::{ClientKey, ClientKeyHasher, MIN_SECRET_LEN};
 pub use limiter::RateLimiter;
 pub use policy::{MAX_QUOTAS, Policy, Tier, TierPolicies};
-pub use quota::{MAX_LEVEL, Quota};
+pub use quota::{MAX_LEVEL, MAX_PERIOD_US, MAX_TOKENS, MAX_WAIT_US, Quota};
 
 /// Re-exported so implementors of [`RateLimiter`] use the same macro version as this crate.
 pub use async_trait::async_trait;

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,11 @@ impl Policy {
                 quotas.len()
             )));
         }
+        Ok(Self::identified(name, quotas))
+    }
+
+    /// The policy with its id; `name` and `quotas` are valid.
+    fn identified(name: String, quotas: Vec<Quota>) -> Self {
         let mut digest = Sha256::new();
         digest.update(name.as_bytes());
         for q in &quotas {
@@ -133,11 +139,23 @@ impl Policy {
         let digest = digest.finalize();
         let mut id = [0u8; 8];
         id.copy_from_slice(&digest[..8]);
-        Ok(Self {
+        Self {
             name,
             quotas,
             id: u64::from_le_bytes(id),
-        })
+        }
+    }
+
+    /// One worker's share of this policy when `workers` enforce it without coordination (a
+    /// fleet that lost Redis): every quota's [`Quota::share`], under the same name. It
+    /// cannot fail, so a fleet share never turns a valid check into an error.
+    #[must_use]
+    pub fn share(&self, workers: NonZeroU32) -> Policy {
+        if workers.get() == 1 {
+            return self.clone();
+        }
+        let quotas = self.quotas.iter().map(|q| q.share(workers)).collect();
+        Self::identified(self.name.clone(), quotas)
     }
 
     /// The policy's name.

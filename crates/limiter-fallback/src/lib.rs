@@ -26,19 +26,24 @@
 //! # Semantics
 //! - **Deadline.** Every call to the primary (Redis) is bounded by
 //!   [`FallbackConfig::deadline`] (default 50 ms), pool wait, connect and reply included. A
-//!   call that misses it, or fails with an [`Error::is_unavailable`] error, is answered by the
-//!   outage policy at once and **opens the circuit**.
+//!   call that misses it, or fails in any way that is not the caller's fault, is answered by
+//!   the outage policy at once and **opens the circuit**: unreachable, but also a Redis that
+//!   answers with errors (out of memory, writes stopped, a password it no longer takes, a
+//!   permission missing, a reply of the wrong shape). A primary that cannot decide never
+//!   switches limiting off.
 //! - **Open.** No check waits on the primary: each is answered by the outage policy. A
 //!   background probe pings the primary every [`FallbackConfig::probe_interval`] (default
 //!   1 s); for the probe the circuit is **half-open**, and checks still go to the outage
-//!   policy, so exactly one request reaches Redis, never a herd. When the probe succeeds the
-//!   circuit **closes** and the next check goes to Redis.
+//!   policy, so exactly one request reaches Redis, never a herd. When the probe succeeds
+//!   within the deadline the circuit **closes** and the next check goes to Redis.
 //! - **Outage policy.** [`OutagePolicy::Fallback`] (default) decides in memory,
 //!   [`OutagePolicy::Allow`] admits everything (fail open), [`OutagePolicy::Deny`] refuses
 //!   everything (fail closed). Every such decision has `degraded == true`.
 //! - **Fleet share.** In memory each worker enforces its share of every quota,
-//!   `⌈limit / expected_workers⌉` (burst likewise), so the fleet stays near the global limit
-//!   instead of multiplying it by the number of workers.
+//!   `⌈limit / expected_workers⌉` (burst likewise, [`Policy::share`]), so the fleet stays
+//!   near the global limit instead of multiplying it by the number of workers. A share
+//!   always builds; [`Fallback::prepare`] computes it ahead for the policies known at
+//!   start-up.
 //! - **What a switch loses.** Buckets start full in memory when the circuit opens, and what
 //!   was counted in memory is not copied back to Redis when it closes: the two stores use
 //!   different clocks, and merging counts from many workers would need a coordination the
@@ -51,8 +56,10 @@
 //!   pings, each interval, one slot of every run of open slots, closing the run when it
 //!   answers. The state is then [`CircuitState::Partial`] while some parts are open, and
 //!   [`FallbackStats::open_partitions`] says how many.
-//! - **Other errors are not outages.** A script error or a malformed reply is returned to
-//!   the caller as it is, and counted: hiding a bug behind the fallback would leave it there.
+//! - **What is not an outage.** Invalid input (a zero cost, a cost above a quota's burst) is
+//!   returned to the caller. A failure confined to one check ([`Error::is_per_check`]: a
+//!   bucket key holding something else) answers that check by the outage policy and leaves
+//!   the circuit closed. Every failure is counted by its [`ErrorKind`] and logged.
 //!
 //! Every transition is a `tracing` event (target `limiter_fallback`) with its reason, and
 //! [`Fallback::stats`] reads the state and counters for metrics and health checks.
@@ -62,12 +69,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter, bucket};
+use limiter_core::{
+    Backend, ClientKey, Decision, Error, ErrorKind, Policy, Quota, RateLimiter, bucket,
+};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -184,8 +194,12 @@ pub struct FallbackStats {
     pub unavailable_errors: u64,
     /// Primary calls that missed the deadline.
     pub timeouts: u64,
-    /// Primary failures that were not outages, returned to the caller.
+    /// Primary failures of every other kind (refusals such as out of memory or
+    /// authentication, bad replies, unreadable buckets), answered by the outage policy.
     pub other_errors: u64,
+    /// Primary failures by kind, indexed by [`ErrorKind::index`]: the three counters above,
+    /// in detail.
+    pub errors_by_kind: [u64; ErrorKind::ALL.len()],
     /// Outages seen: times the circuit opened, and times parts of a partitioned primary
     /// started to open after none was.
     pub opened: u64,
@@ -198,6 +212,11 @@ pub struct FallbackStats {
 }
 
 impl FallbackStats {
+    /// Primary failures of `kind` so far.
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors_by_kind[kind.index()]
+    }
+
     /// The share of the keyspace served by the outage policy now, 0.0 to 1.0.
     #[allow(clippy::cast_precision_loss, reason = "a ratio of counts below 2^53")]
     pub fn degraded_share(&self) -> f64 {
@@ -226,6 +245,7 @@ struct Inner<P, L> {
     unavailable_errors: AtomicU64,
     timeouts: AtomicU64,
     other_errors: AtomicU64,
+    errors_by_kind: [AtomicU64; ErrorKind::ALL.len()],
     opened: AtomicU64,
     probes: AtomicU64,
     /// One circuit per part of a partitioned primary (`true` = open); empty otherwise.
@@ -284,6 +304,7 @@ where
                 unavailable_errors: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
                 other_errors: AtomicU64::new(0),
+                errors_by_kind: Default::default(),
                 opened: AtomicU64::new(0),
                 probes: AtomicU64::new(0),
                 parts,
@@ -314,6 +335,7 @@ where
             unavailable_errors: load(&i.unavailable_errors),
             timeouts: load(&i.timeouts),
             other_errors: load(&i.other_errors),
+            errors_by_kind: std::array::from_fn(|k| load(&i.errors_by_kind[k])),
             opened: load(&i.opened),
             probes: load(&i.probes),
             partitions: i.parts.len().max(1) as u64,
@@ -326,34 +348,39 @@ where
     }
 
     /// Asks the primary once, within `timeout`, before any check does (the primary's
-    /// `ping`, which for Redis opens every connection: give it longer than one check's
-    /// deadline). If it is unavailable the circuit opens now: the first checks go straight
-    /// to the outage policy instead of each finding out, and the probe starts looking for
-    /// the primary. A partitioned primary (a cluster) opens no circuit here: one master
-    /// down says nothing of the others, and each part opens on its own first failure.
+    /// `ping`, which for Redis opens every connection and runs the script once: give it
+    /// longer than one check's deadline). If it cannot decide, the circuit opens now: the
+    /// first checks go straight to the outage policy instead of each finding out, and the
+    /// probe starts looking for the primary. A partitioned primary (a cluster) opens no
+    /// circuit here: one master down says nothing of the others, and each part opens on its
+    /// own first failure.
     ///
     /// # Errors
-    /// Why the primary could not be reached (the fallback serves meanwhile).
+    /// Why the primary could not decide (the fallback serves meanwhile).
     pub async fn warm_up(&self, timeout: Duration) -> Result<(), Error> {
         let inner = &self.inner;
         let error = match tokio::time::timeout(timeout, inner.primary.ping()).await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) if !e.is_unavailable() => return Err(e),
+            Ok(Err(e)) if e.is_invalid_input() => return Err(e),
             Ok(Err(e)) => e,
             Err(_) => Error::Timeout {
                 backend: "primary",
                 after: timeout,
             },
         };
-        if error.is_timeout() {
-            inner.timeouts.fetch_add(1, Ordering::Relaxed);
-        } else {
-            inner.unavailable_errors.fetch_add(1, Ordering::Relaxed);
-        }
+        inner.count(error.kind());
         if inner.parts.is_empty() {
             inner.open(&error);
         }
         Err(error)
+    }
+
+    /// Computes this worker's share of `policy` now, so that no check computes it later:
+    /// for the policies known at start-up (a server's tiers). Never needed for correctness.
+    pub fn prepare(&self, policy: &Policy) {
+        if !policy.is_unlimited() {
+            drop(self.inner.share(policy));
+        }
     }
 
     /// The settings in force.
@@ -509,7 +536,7 @@ where
         self.degraded_decisions.fetch_add(1, Ordering::Relaxed);
         let mut decision = match self.config.outage {
             OutagePolicy::Fallback => {
-                let share = self.share(policy)?;
+                let share = self.share(policy);
                 match self.local.check(key, &share, cost).await {
                     Ok(d) => d,
                     // The cost fits the global quota (checked before) but not this worker's
@@ -550,25 +577,17 @@ where
         }
     }
 
-    /// This worker's share of `policy`: every quota's limit and burst divided by the expected
-    /// workers, rounded up. Computed once per policy.
-    fn share(&self, policy: &Policy) -> Result<Arc<Policy>, Error> {
-        let workers = u64::from(self.config.expected_workers);
-        if workers == 1 {
-            return Ok(Arc::new(policy.clone()));
-        }
+    /// This worker's share of `policy` ([`Policy::share`] by the expected workers), computed
+    /// once per policy.
+    fn share(&self, policy: &Policy) -> Arc<Policy> {
+        let Some(workers) = NonZeroU32::new(self.config.expected_workers).filter(|n| n.get() > 1)
+        else {
+            return Arc::new(policy.clone());
+        };
         if let Some(share) = self.shares.read().get(&policy.id()) {
-            return Ok(share.clone());
+            return share.clone();
         }
-        let quotas = policy
-            .quotas()
-            .iter()
-            .map(|q| {
-                Quota::new(q.tokens().div_ceil(workers), q.period())
-                    .and_then(|s| s.allow_burst(q.capacity().div_ceil(workers)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let share = Arc::new(Policy::new(policy.name(), quotas)?);
+        let share = Arc::new(policy.share(workers));
         let mut shares = self.shares.write();
         // Policies are normally a handful of configured tiers; a caller minting policies per
         // request must not grow this without bound.
@@ -576,7 +595,18 @@ where
             shares.clear();
         }
         shares.insert(policy.id(), share.clone());
-        Ok(share)
+        share
+    }
+
+    /// Counts a primary failure of `kind`.
+    fn count(&self, kind: ErrorKind) {
+        match kind {
+            ErrorKind::Timeout => &self.timeouts,
+            ErrorKind::Unavailable => &self.unavailable_errors,
+            _ => &self.other_errors,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.errors_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -722,21 +752,20 @@ where
                     inner.primary_decisions.fetch_add(1, Ordering::Relaxed);
                     return Ok(decision);
                 }
-                Ok(Err(e)) if e.is_unavailable() => {
-                    if e.is_timeout() {
-                        inner.timeouts.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        inner.unavailable_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Box::new(e)
+                // The caller's own mistake, in every state.
+                Ok(Err(e)) if e.is_invalid_input() => return Err(e),
+                // One bucket the primary could not read: this check only.
+                Ok(Err(e)) if e.is_per_check() => {
+                    inner.count(e.kind());
+                    tracing::warn!(target: "limiter_fallback", error = %e, "one check could not be decided by the primary: answered by the outage policy");
+                    return inner.degraded(key, policy, cost).await;
                 }
                 Ok(Err(e)) => {
-                    inner.other_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(target: "limiter_fallback", error = %e, "primary failed (not an outage)");
-                    return Err(e);
+                    inner.count(e.kind());
+                    Box::new(e)
                 }
                 Err(_) => {
-                    inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                    inner.count(ErrorKind::Timeout);
                     Box::new(format!("no answer within the {deadline:?} deadline"))
                 }
             };

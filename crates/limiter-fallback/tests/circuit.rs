@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use limiter_core::{Backend, ClientKey, RateLimiter};
+use limiter_core::{Backend, ClientKey, ErrorKind, RateLimiter};
 use limiter_fallback::{CircuitState, Fallback, FallbackConfig, OutagePolicy};
 use limiter_memory::{MemoryConfig, MemoryLimiter};
-use support::{BROKEN, DOWN, HANG, KEY, Scripted, UP, config, policy, setup};
+use support::{BROKEN, DOWN, HANG, KEY, Scripted, UNREADABLE, UP, config, policy, setup};
 
 #[tokio::test(start_paused = true)]
 async fn closed_circuit_uses_the_primary() {
@@ -123,13 +123,61 @@ async fn half_open_lets_one_probe_through_and_checks_stay_local() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn other_errors_are_returned_not_hidden() {
+async fn a_primary_that_answers_with_errors_is_an_outage() {
+    // Redis at maxmemory (OOM on every write): it answers, but cannot decide. Limiting must
+    // go on from memory, never stop.
     let (fallback, primary) = setup(config());
     primary.set(BROKEN);
-    let err = fallback.check(&KEY, &policy(), 1).await.unwrap_err();
-    assert!(!err.is_unavailable());
+    let limit = policy().quotas()[0].capacity();
+    let mut admitted = 0;
+    for _ in 0..limit + 50 {
+        let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+        assert_eq!((d.backend, d.degraded), (Backend::Memory, true));
+        admitted += u64::from(d.allowed);
+    }
+    assert_eq!(admitted, limit, "limited from memory, not served unlimited");
+    assert_eq!(fallback.state(), CircuitState::Open);
+    let stats = fallback.stats();
+    assert_eq!((stats.opened, stats.other_errors), (1, 1));
+    assert_eq!(stats.errors(ErrorKind::OutOfMemory), 1);
+    assert_eq!(primary.checks.load(Ordering::SeqCst), 1);
+    // The probe finds it still refusing, then answering.
+    tokio::time::sleep(Duration::from_millis(1_010)).await;
+    assert_eq!(fallback.state(), CircuitState::Open);
+    primary.set(UP);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(fallback.state(), CircuitState::Closed);
-    assert_eq!(fallback.stats().other_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusing_primary_found_at_start_opens_the_circuit() {
+    let (fallback, primary) = setup(config());
+    primary.set(BROKEN);
+    let err = fallback
+        .warm_up(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfMemory);
+    assert_eq!(fallback.state(), CircuitState::Open);
+    assert!(fallback.check(&KEY, &policy(), 1).await.unwrap().degraded);
+    assert_eq!(primary.checks.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_unreadable_bucket_is_answered_locally_without_opening() {
+    let (fallback, primary) = setup(config());
+    primary.set(UNREADABLE);
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!((d.backend, d.degraded), (Backend::Memory, true));
+    assert_eq!(
+        fallback.state(),
+        CircuitState::Closed,
+        "one check, not an outage"
+    );
+    assert_eq!(fallback.stats().errors(ErrorKind::Bucket), 1);
+    primary.set(UP);
+    let d = fallback.check(&KEY, &policy(), 1).await.unwrap();
+    assert_eq!((d.backend, d.degraded), (Backend::Redis, false));
 }
 
 #[tokio::test(start_paused = true)]

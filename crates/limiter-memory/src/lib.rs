@@ -288,9 +288,14 @@ impl ShardMap {
         if let Some(entry) = self.table.find_mut(hash, |e| e.key == key) {
             let outcome = bucket::check(quotas, std::slice::from_mut(&mut entry.state), now, cost)?;
             if outcome.allowed {
-                // With one quota the reported quota is this one: reset_after is its time to full.
+                // With one quota the reported quota is this one: reset_after is its time to
+                // full from `now`, and the stamp is at most `now` (the clock is monotonic; a
+                // coarse quota stamps the tick before it).
                 let state = entry.state;
-                entry.set(state, outcome.reset_after_us);
+                let full_after = outcome
+                    .reset_after_us
+                    .saturating_add(now.saturating_sub(state.updated));
+                entry.set(state, full_after);
                 let full_at = entry.full_at();
                 self.note_write(full_at);
             }
@@ -298,7 +303,10 @@ impl ShardMap {
         }
         let mut state = BucketState::full(quota, now);
         let outcome = bucket::check(quotas, std::slice::from_mut(&mut state), now, cost)?;
-        self.insert(hash, Entry::new(key, state, outcome.reset_after_us), now);
+        let full_after = outcome
+            .reset_after_us
+            .saturating_add(now.saturating_sub(state.updated));
+        self.insert(hash, Entry::new(key, state, full_after), now);
         Ok(outcome)
     }
 

@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use limiter_core::Error;
+use limiter_core::{Error, ErrorKind};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::{BACKEND, Call, Inner, STALLED_AFTER};
+use crate::{BACKEND, Call, Inner};
 
 /// Most checks a connection's queue holds. Callers are bounded by their own deadline; this
 /// bounds the memory of a queue whose connection hangs.
@@ -73,9 +73,11 @@ pub(crate) async fn run(inner: &Arc<Inner>, call: Call) -> Reply {
             let _busy = Busy { inner, lane };
             inner.run_on(lane, &call).await
         }
+        // The queue's task ended without answering (its runtime shut down): no decision, so
+        // an outage to a fallback, like any other failure to reach Redis.
         Turn::Wait(answer) => answer
             .await
-            .map_err(|_| Error::backend(BACKEND, "a batch was dropped before it was sent"))?,
+            .map_err(|_| Error::unavailable(BACKEND, "a batch was dropped before it was sent"))?,
     }
 }
 
@@ -193,14 +195,19 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
         // Every caller's deadline passed: a call this slow means a connection stuck behind a
         // partition, whose later calls would hang too (see `StallGuard`).
         None => {
-            if started.elapsed() >= STALLED_AFTER {
+            if started.elapsed() >= inner.stalled_after() {
                 inner.forget(lane, generation);
             }
         }
         Some(Ok(reply)) if reply.len() == 5 * jobs.len() => {
             for (job, fields) in jobs.drain(..).zip(reply.chunks_exact(5)) {
-                let fields = <[i64; 5]>::try_from(fields)
-                    .map_err(|_| Error::backend(BACKEND, "a check's reply is not five integers"));
+                let fields = <[i64; 5]>::try_from(fields).map_err(|_| {
+                    Error::backend(
+                        BACKEND,
+                        ErrorKind::Reply,
+                        "a check's reply is not five integers",
+                    )
+                });
                 let _ = job.reply.send(fields); // a caller that left needs no answer
             }
         }
@@ -210,6 +217,7 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
                 jobs,
                 Error::backend(
                     BACKEND,
+                    ErrorKind::Reply,
                     format!(
                         "script replied {} values for {count} checks, expected {}",
                         reply.len(),
@@ -222,19 +230,27 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
     }
 }
 
-/// Answers every check of a failed call with the same error.
+/// Answers every check of a failed call with the same error: the same variant and kind,
+/// sharing its source.
 fn fail(jobs: &mut Vec<Job>, error: Error) {
-    let unavailable = error.is_unavailable();
+    let kind = error.kind();
+    let timeout = match &error {
+        Error::Timeout { after, .. } => Some(*after),
+        _ => None,
+    };
     let source: Arc<dyn std::error::Error + Send + Sync> = match error {
         Error::Unavailable { source, .. } | Error::Backend { source, .. } => Arc::from(source),
         other => Arc::new(other),
     };
     for job in jobs.drain(..) {
         let source = Arc::clone(&source);
-        let _ = job.reply.send(Err(if unavailable {
-            Error::unavailable(BACKEND, source)
-        } else {
-            Error::backend(BACKEND, source)
+        let _ = job.reply.send(Err(match (kind, timeout) {
+            (_, Some(after)) => Error::Timeout {
+                backend: BACKEND,
+                after,
+            },
+            (ErrorKind::Unavailable, _) => Error::unavailable(BACKEND, source),
+            (kind, _) => Error::backend(BACKEND, kind, source),
         }));
     }
 }

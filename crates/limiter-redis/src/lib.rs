@@ -24,7 +24,9 @@
 //!
 //! # Keys
 //! `rl:{<hash>}:<policy>:<tokens>-<period µs>-<capacity>`, one per quota, where `<hash>` is the
-//! client's [`ClientKey`] in hex: never the raw ID. The `{<hash>}` hash tag puts every key of
+//! client's [`ClientKey`] in hex: never the raw ID. A quota that counts time in ticks coarser
+//! than a microsecond ([`Quota::tick`]) adds `-t<tick>`, so its buckets are never read in
+//! other units. The `{<hash>}` hash tag puts every key of
 //! one client on one Redis Cluster slot, so the script runs unchanged on a cluster. The
 //! quota's numbers are part of the key, so changing a policy starts fresh buckets instead of
 //! reading state kept in other units.
@@ -53,9 +55,13 @@
 //! Every check is bounded by [`RedisConfig::timeout`]. Refused, dropped and timed-out
 //! connections, an exhausted pool, and Redis saying it cannot serve (`LOADING`, `BUSY`,
 //! `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, `READONLY`, a `MOVED` or `ASK` still there after
-//! the cluster client's retries) are [`Error::is_unavailable`]; any
-//! other failure (a script error, a reply of the wrong shape) is [`Error::Backend`]: a bug
-//! or a misconfiguration, which a fallback should report, not hide.
+//! the cluster client's retries) are [`Error::is_unavailable`]. Redis refusing to decide
+//! (`OOM`, `MISCONF`, `NOAUTH`, `WRONGPASS`, `NOPERM`, a failed script, a reply of the wrong
+//! shape) is [`Error::Backend`] with its [`ErrorKind`]: a fallback treats both as outages, so
+//! a Redis that answers with errors never switches limiting off. A key that holds something
+//! other than a bucket fails only its own check ([`Error::UnreadableBucket`]). A connection
+//! whose call failed is replaced on next use, so a password restored or a server restarted
+//! is picked up by the next connection.
 
 use std::fmt;
 use std::sync::Arc;
@@ -64,9 +70,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_redis::PoolError;
-use deadpool_redis::redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use deadpool_redis::redis::{ErrorKind as RedisErrorKind, RedisError, Script, ServerErrorKind};
 use limiter_core::bucket::{self, Outcome};
-use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
+use limiter_core::{Backend, ClientKey, Decision, Error, ErrorKind, Policy, Quota, RateLimiter};
 use parking_lot::Mutex;
 
 mod batch;
@@ -101,7 +107,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Longest wait for a reply on an open connection. Default 250 ms.
     pub response_timeout: Duration,
-    /// Deadline of a whole check: connecting, the script and its reply. Default 500 ms.
+    /// Deadline of a whole check: connecting, the script and its reply. Default 500 ms. A
+    /// call abandoned after a fifth of it (at most 10 ms), by this deadline or a caller's,
+    /// marks its connection as stalled, and the connection is replaced.
     pub timeout: Duration,
     /// Most checks sent in one script call. Each connection carries one call at a time; the
     /// checks that arrive while it is in flight go together in the next, so a lone check is
@@ -144,13 +152,32 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// `url` with any credentials replaced by `<redacted>`, for logs and error messages.
+/// `url` with every password replaced by `<redacted>`, for logs and error messages: the
+/// user information of `redis://user:password@host` (and of every other scheme), and the
+/// `pass` and `password` parameters of `redis+unix:///path?pass=…`.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://<redacted>{}", &url[..scheme], &url[at..])
+    // Query parameters first: a password there may itself hold an `@`.
+    let mut out = String::with_capacity(url.len());
+    for (n, piece) in url.split_inclusive(['?', '&']).enumerate() {
+        let body = piece.trim_end_matches(['?', '&']);
+        match body.split_once('=') {
+            Some((name, _))
+                if n > 0
+                    && (name.eq_ignore_ascii_case("pass")
+                        || name.eq_ignore_ascii_case("password")) =>
+            {
+                out.push_str(name);
+                out.push_str("=<redacted>");
+                out.push_str(&piece[body.len()..]);
+            }
+            _ => out.push_str(piece),
         }
-        _ => url.to_owned(),
+    }
+    match (out.find("://"), out.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>{}", &out[..scheme], &out[at..])
+        }
+        _ => out,
     }
 }
 
@@ -226,7 +253,10 @@ impl RedisLimiter {
     }
 
     /// Opens every connection now and checks that Redis answers on each, instead of on
-    /// first use. A kept connection that fails (Redis restarted since it was opened) is
+    /// first use, then that it can decide: one check of the script on a probe key of its
+    /// own (`rl:{probe}:write`, which lives a millisecond), so a Redis that answers `PING`
+    /// but refuses writes (`OOM`, `MISCONF`) or the script (`NOPERM`) is not taken for
+    /// healthy. A kept connection that fails (Redis restarted since it was opened) is
     /// replaced and asked again once: `PING` is safe to repeat, unlike a check.
     ///
     /// This is also the backend's [`RateLimiter::ping`], so a fallback's successful probe
@@ -265,7 +295,7 @@ impl Inner {
                     self.ping_slot(i).await?;
                 }
             }
-            Ok(())
+            self.probe(self.next_slot(), PROBE_KEY.to_owned()).await
         };
         tokio::time::timeout(self.config.timeout, all)
             .await
@@ -282,6 +312,20 @@ impl Inner {
         result.map(drop).map_err(|e| self.failed(i, generation, e))
     }
 
+    /// One check of the script on `key`, on connection `i`: whether Redis can decide, which
+    /// takes running the script, reading and writing.
+    async fn probe(&self, i: usize, key: String) -> Result<(), Error> {
+        let call = Call::probe(key);
+        let reply = self.run_on(i, &call).await?;
+        parse_reply(reply, 1, |_| call.keys[0].clone()).map(drop)
+    }
+
+    /// How long a call may wait on a connection before its cancellation marks the
+    /// connection as stalled: a fifth of the check's deadline, at most [`STALLED_AFTER`].
+    fn stalled_after(&self) -> Duration {
+        (self.config.timeout / 5).min(STALLED_AFTER)
+    }
+
     /// One check as its own script call, on connection `i`.
     async fn run_on(&self, i: usize, call: &Call) -> Result<[i64; 5], Error> {
         let (generation, mut conn) = self.connection(i).await?;
@@ -292,6 +336,7 @@ impl Inner {
         <[i64; 5]>::try_from(reply).map_err(|reply| {
             Error::backend(
                 BACKEND,
+                ErrorKind::Reply,
                 format!("script replied {} values, expected 5", reply.len()),
             )
         })
@@ -311,7 +356,7 @@ impl Inner {
             cmd
         };
         match command("EVALSHA", &self.sha).query_async(conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
                 command("EVAL", SCRIPT).query_async(conn).await
             }
             other => other,
@@ -337,14 +382,12 @@ impl Inner {
         Ok((generation, conn))
     }
 
-    /// Classifies a failure on slot `i`'s connection and drops that connection if the failure
-    /// means it is no longer usable.
+    /// Classifies a failure on slot `i`'s connection and drops that connection: whatever
+    /// failed (a dead socket, credentials Redis no longer takes), the next call starts on a
+    /// new one, which picks up a restored password or a restarted server.
     fn failed(&self, i: usize, generation: u64, e: RedisError) -> Error {
-        let error = classify(e);
-        if error.is_unavailable() {
-            self.forget(i, generation);
-        }
-        error
+        self.forget(i, generation);
+        classify(e)
     }
 
     /// Empties slot `i` if it still holds connection `generation`, so the next call opens a
@@ -378,14 +421,23 @@ struct Call {
 impl Call {
     fn new(client: &ClientKey, policy: &Policy, cost: u64) -> Self {
         let quotas = policy.quotas();
-        let mut args = Vec::with_capacity(2 + 3 * quotas.len());
+        let mut args = Vec::with_capacity(2 + 4 * quotas.len());
         args.extend([cost, quotas.len() as u64]);
         for q in quotas {
-            args.extend([q.unit(), q.refill(), q.max_level()]);
+            args.extend([q.unit(), q.refill(), q.max_level(), q.tick()]);
         }
         Self {
             keys: RedisLimiter::bucket_keys(client, policy),
             args,
+        }
+    }
+
+    /// The probe's check: cost 1 on a quota of one token per millisecond (unit 1000, refill
+    /// 1, max 1000, tick 1), so the key it writes expires a millisecond later.
+    fn probe(key: String) -> Self {
+        Self {
+            keys: vec![key],
+            args: vec![1, 1, 1_000, 1, 1_000, 1],
         }
     }
 
@@ -420,9 +472,20 @@ impl RateLimiter for RedisLimiter {
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
     }
 
-    /// [`RedisLimiter::warm_up`]: every connection answers `PING`, dead ones replaced.
+    /// [`RedisLimiter::warm_up`]: every connection answers `PING`, dead ones replaced, and
+    /// the script decides a probe. It runs to its own end (bounded by
+    /// [`RedisConfig::timeout`]) even if the caller stops waiting sooner, as a fallback's
+    /// probe does at its deadline: so a connection that stalled is found and replaced however
+    /// short the caller's deadline.
     async fn ping(&self) -> Result<(), Error> {
-        self.warm_up().await
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.warm_up().await;
+        };
+        let inner = Arc::clone(&self.inner);
+        runtime
+            .spawn(async move { inner.warm_up().await })
+            .await
+            .unwrap_or_else(|e| Err(Error::unavailable(BACKEND, e)))
     }
 
     /// On a cluster, the 16384 hash slots; otherwise 1.
@@ -441,8 +504,9 @@ impl RateLimiter for RedisLimiter {
         }
     }
 
-    /// On a cluster, one read of a key in the slot (`EXISTS`), answered only by the master
-    /// that owns it now; otherwise [`ping`].
+    /// On a cluster, one check of the script on a probe key of the slot, answered only by
+    /// the master that owns it now and only if it can decide (reads, writes, the script);
+    /// otherwise [`ping`].
     ///
     /// [`ping`]: RateLimiter::ping
     async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
@@ -453,14 +517,8 @@ impl RateLimiter for RedisLimiter {
         if !matches!(inner.source, Source::Cluster(_)) {
             return inner.warm_up().await;
         }
-        let i = inner.next_slot();
-        let ping = async {
-            let (generation, conn) = inner.connection(i).await?;
-            conn.probe_slot(slot)
-                .await
-                .map_err(|e| inner.failed(i, generation, e))
-        };
-        tokio::time::timeout(inner.config.timeout, ping)
+        let probe = inner.probe(inner.next_slot(), topology::slot_probe_key(slot));
+        tokio::time::timeout(inner.config.timeout, probe)
             .await
             .map_err(|_| inner.timed_out())?
     }
@@ -501,12 +559,17 @@ impl fmt::Debug for RedisLimiter {
     }
 }
 
-/// How long a call may wait on a connection before its cancellation (a caller's deadline)
-/// marks the connection as stalled. Redis answers a healthy local call in well under a
-/// millisecond, and in about 6 ms at the 99th percentile under full load.
+/// The longest a call may wait on a connection before its cancellation (a caller's deadline)
+/// marks the connection as stalled; shorter deadlines scale it down (a fifth of
+/// [`RedisConfig::timeout`]). Redis answers a healthy local call in well under a millisecond,
+/// and in about 6 ms at the 99th percentile under full load.
 const STALLED_AFTER: Duration = Duration::from_millis(10);
 
-/// Replaces a connection whose call was abandoned after waiting [`STALLED_AFTER`]: a caller's
+/// The key of the probe that [`RedisLimiter::warm_up`] (and so [`RateLimiter::ping`]) runs
+/// the script on: no client's, and it lives a millisecond.
+const PROBE_KEY: &str = "rl:{probe}:write";
+
+/// Replaces a connection whose call was abandoned after waiting [`Inner::stalled_after`]: a caller's
 /// deadline (the fallback's, say) cancels the call before any error reaches this backend, so
 /// without this a connection stuck behind a network partition would stay in its slot, and
 /// every later call on it would hang until TCP gave up.
@@ -537,20 +600,24 @@ impl<'a> StallGuard<'a> {
 
 impl Drop for StallGuard<'_> {
     fn drop(&mut self) {
-        if self.armed && self.started.elapsed() >= STALLED_AFTER {
+        if self.armed && self.started.elapsed() >= self.limiter.stalled_after() {
             self.limiter.forget(self.slot, self.generation);
         }
     }
 }
 
 fn bucket_key(client: &ClientKey, policy: &Policy, q: &Quota) -> String {
-    format!(
+    let key = format!(
         "rl:{{{client}}}:{}:{}-{}-{}",
         policy.name(),
         q.tokens(),
         q.period_micros(),
         q.capacity()
-    )
+    );
+    match q.tick() {
+        1 => key,
+        tick => format!("{key}-t{tick}"),
+    }
 }
 
 /// The script's reply as an [`Outcome`], refusing anything out of range. `key_of(q)` names
@@ -561,7 +628,13 @@ fn parse_reply(
     key_of: impl FnOnce(usize) -> String,
 ) -> Result<Outcome, Error> {
     let [allowed, quota, remaining, reset, retry] = reply;
-    let bad = || Error::backend(BACKEND, format!("script replied {reply:?}, out of range"));
+    let bad = || {
+        Error::backend(
+            BACKEND,
+            ErrorKind::Reply,
+            format!("script replied {reply:?}, out of range"),
+        )
+    };
     let quota = usize::try_from(quota)
         .ok()
         .filter(|&q| q < quotas)
@@ -571,10 +644,10 @@ fn parse_reply(
         1 => true,
         -1 => {
             let key = key_of(quota);
-            return Err(Error::backend(
-                BACKEND,
-                format!("{key} holds something that is not a bucket"),
-            ));
+            return Err(Error::UnreadableBucket {
+                backend: BACKEND,
+                reason: format!("{key} holds something that is not a bucket"),
+            });
         }
         _ => return Err(bad()),
     };
@@ -594,11 +667,11 @@ fn parse_reply(
     })
 }
 
-/// Outage or not: by the error's kind and predicates, never its message.
+/// Outage or refusal, and of which kind: by the error's kind and code, never its message.
 fn classify(e: RedisError) -> Error {
     let cannot_serve = matches!(
         e.kind(),
-        ErrorKind::Server(
+        RedisErrorKind::Server(
             ServerErrorKind::BusyLoading
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::MasterDown
@@ -608,7 +681,7 @@ fn classify(e: RedisError) -> Error {
                 // moving slots or failing over, and will answer again.
                 | ServerErrorKind::Moved
                 | ServerErrorKind::Ask
-        ) | ErrorKind::ClusterConnectionNotFound
+        ) | RedisErrorKind::ClusterConnectionNotFound
     ) || e.code() == Some("BUSY");
     if e.is_io_error()
         || e.is_connection_refusal()
@@ -616,17 +689,29 @@ fn classify(e: RedisError) -> Error {
         || e.is_timeout()
         || cannot_serve
     {
-        Error::unavailable(BACKEND, e)
-    } else {
-        Error::backend(BACKEND, e)
+        return Error::unavailable(BACKEND, e);
     }
+    let kind = match (e.kind(), e.code()) {
+        (_, Some("OOM")) => ErrorKind::OutOfMemory,
+        (_, Some("MISCONF")) => ErrorKind::WritesRefused,
+        (RedisErrorKind::AuthenticationFailed, _) | (_, Some("NOAUTH" | "WRONGPASS")) => {
+            ErrorKind::Auth
+        }
+        (RedisErrorKind::Server(ServerErrorKind::NoPerm), _) | (_, Some("NOPERM")) => {
+            ErrorKind::Permission
+        }
+        (RedisErrorKind::Parse | RedisErrorKind::UnexpectedReturnType, _) => ErrorKind::Reply,
+        (RedisErrorKind::Server(_) | RedisErrorKind::Extension, _) => ErrorKind::Server,
+        _ => ErrorKind::Client,
+    };
+    Error::backend(BACKEND, kind, e)
 }
 
 fn classify_pool(e: PoolError) -> Error {
     match e {
         PoolError::Backend(e) => classify(e),
         PoolError::Timeout(_) | PoolError::Closed => Error::unavailable(BACKEND, e),
-        other => Error::backend(BACKEND, other),
+        other => Error::backend(BACKEND, ErrorKind::Client, other),
     }
 }
 
@@ -650,6 +735,35 @@ mod tests {
             RedisLimiter::new(RedisConfig::from_url("redis://u:s3cret@[::1:bad")).unwrap_err();
         assert!(err.is_invalid_input());
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn every_url_form_is_redacted() {
+        for (url, shown) in [
+            (
+                "redis+unix:///run/redis.sock?db=2&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=2&pass=<redacted>",
+            ),
+            (
+                "unix:///run/redis.sock?PASSWORD=s3cret&user=w",
+                "unix:///run/redis.sock?PASSWORD=<redacted>&user=w",
+            ),
+            (
+                "redis+unix:///run/redis.sock?pass=s3@cret",
+                "redis+unix:///run/redis.sock?pass=<redacted>",
+            ),
+            ("rediss://w:s3cret@h:6380/1", "rediss://<redacted>@h:6380/1"),
+            ("redis://:s3?cret@h:6379", "redis://<redacted>@h:6379"),
+            (
+                "redis+sentinel://w:s3cret@a:1,b:2/m",
+                "redis+sentinel://<redacted>@a:1,b:2/m",
+            ),
+            ("redis://h:6379/0", "redis://h:6379/0"),
+        ] {
+            assert_eq!(redacted(url), shown);
+            let config = format!("{:?}", RedisConfig::from_url(url));
+            assert!(!config.contains("s3"), "{config}");
+        }
     }
 
     #[test]
@@ -680,6 +794,7 @@ mod tests {
         assert!(parse_reply([0, 1, 0, 10, 7], 2, key).is_ok());
         let err = parse_reply([-1, 1, 0, 0, 0], 2, key).unwrap_err();
         assert!(err.to_string().contains("key1 holds something"), "{err}");
+        assert!(err.is_per_check(), "{err}");
         for bad in [
             [2, 0, 5, 10, -1],
             [1, 1, 5, 10, -1],
@@ -688,14 +803,79 @@ mod tests {
             [1, 0, 5, 10, 3],
             [0, 0, 5, 10, -1],
             [0, 0, 5, 10, 0],
-            [-1, 1, 0, 0, 0],
             [-2, 0, 0, 0, 0],
         ] {
             let err = parse_reply(bad, 1, key).unwrap_err();
             assert!(
-                !err.is_unavailable() && !err.is_invalid_input(),
+                !err.is_unavailable() && !err.is_invalid_input() && !err.is_per_check(),
                 "{bad:?}: {err}"
             );
+            assert_eq!(err.kind(), ErrorKind::Reply);
+        }
+    }
+
+    #[test]
+    fn coarse_quotas_key_their_tick() {
+        let policy = Policy::new("p", [Quota::per_day(20_011).unwrap()]).unwrap();
+        let keys = RedisLimiter::bucket_keys(&ClientKey::from(1_u128), &policy);
+        assert_eq!(
+            keys,
+            ["rl:{00000000000000000000000000000001}:p:20011-86400000000-20011-t2"]
+        );
+    }
+
+    #[test]
+    fn the_probe_is_one_token_per_millisecond() {
+        let q = Quota::new(1, Duration::from_millis(1)).unwrap();
+        let probe = Call::probe(PROBE_KEY.to_owned());
+        assert_eq!(
+            probe.args,
+            [1, 1, q.unit(), q.refill(), q.max_level(), q.tick()]
+        );
+    }
+
+    #[test]
+    fn refusals_are_outages_of_their_kind() {
+        // Errors as Redis sends them on the wire.
+        let server = |line: &str| {
+            let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+            classify(value.extract_error().unwrap_err())
+        };
+        for (line, kind) in [
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                ErrorKind::OutOfMemory,
+            ),
+            (
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+                ErrorKind::WritesRefused,
+            ),
+            ("NOAUTH Authentication required.", ErrorKind::Auth),
+            (
+                "WRONGPASS invalid username-password pair or user is disabled.",
+                ErrorKind::Auth,
+            ),
+            (
+                "NOPERM User w has no permissions to run the 'evalsha' command",
+                ErrorKind::Permission,
+            ),
+            ("ERR max number of clients reached", ErrorKind::Server),
+            (
+                "ERR user_script:1: Script attempted to access nonexistent global variable",
+                ErrorKind::Server,
+            ),
+        ] {
+            let e = server(line);
+            assert_eq!(e.kind(), kind, "{line}: {e}");
+            assert!(!e.is_invalid_input() && !e.is_per_check(), "{line}");
+        }
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script.",
+            "READONLY You can't write against a read only replica.",
+            "MASTERDOWN Link with MASTER is down",
+        ] {
+            assert!(server(line).is_unavailable(), "{line}");
         }
     }
 

@@ -254,21 +254,10 @@ pub(crate) enum Conn {
 /// Hash slots of a Redis Cluster.
 pub(crate) const SLOTS: usize = 16384;
 
-impl Conn {
-    /// One read of a key in `slot`, routed like a check (MOVED and ASK followed), so it
-    /// answers only when the master owning the slot does. (A `PING` routed to a slot's
-    /// master may be answered by another node when that master is unreachable.)
-    pub(crate) async fn probe_slot(
-        self,
-        slot: u16,
-    ) -> Result<(), deadpool_redis::redis::RedisError> {
-        let mut exists = deadpool_redis::redis::cmd("EXISTS");
-        exists.arg(format!("rl:{{{}}}:probe", slot_tag(slot)));
-        match self {
-            Conn::Single(mut conn) => exists.query_async::<i64>(&mut conn).await.map(drop),
-            Conn::Cluster(mut conn) => exists.query_async::<i64>(&mut conn).await.map(drop),
-        }
-    }
+/// The key a probe of `slot` runs the script on: no client's (clients' tags are 32 hex
+/// digits), and it lives a millisecond.
+pub(crate) fn slot_probe_key(slot: u16) -> String {
+    format!("rl:{{{}}}:probe", slot_tag(slot))
 }
 
 /// A hash tag whose slot is `slot`: the smallest number, in hex, that CRC16 maps there.

@@ -37,10 +37,18 @@ async fn a_bucket_written_later_than_now_does_not_refill() {
         "an empty bucket stamped later must not have refilled: {d:?}"
     );
     assert_eq!(d.remaining, 0);
-    // It waits for one token's refill, from the bucket's own (later) time.
-    assert_eq!(
-        d.retry_after.unwrap().as_micros(),
-        u128::from(quota.unit() / quota.refill())
+    // It waits for one token's refill from the bucket's own (later) time: the minute until
+    // then, less the moments this test took since reading `now`, and one token.
+    let token = u128::from(quota.unit() / quota.refill());
+    let retry = d.retry_after.unwrap().as_micros();
+    assert!(
+        (60_000_000..=60_000_000 + token).contains(&retry),
+        "retry after {retry} µs, not from the stamp"
+    );
+    let reset = d.reset_after.as_micros();
+    assert!(
+        (60_000_000 + token..=61_000_000).contains(&reset),
+        "reset after {reset} µs, not from the stamp"
     );
     let stored: String = raw.get(&key).await.unwrap();
     assert_eq!(
@@ -77,4 +85,11 @@ async fn a_bucket_written_later_than_now_does_not_refill() {
     );
     let stored: String = raw.get(&key).await.unwrap();
     assert_eq!(stored, format!("{} {later}", full - quota.unit()));
+    // Its TTL counts from that later time too: it lives until a minute from now plus the
+    // one token's refill, not the refill alone (which would forget it a minute early).
+    let ttl: i64 = raw.pttl(&key).await.unwrap();
+    assert!(
+        (59_000..=60_100).contains(&ttl),
+        "TTL {ttl} ms counts from the server's now, not the bucket's stamp"
+    );
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
+use limiter_core::{Backend, ClientKey, Decision, Error, ErrorKind, Policy, Quota, RateLimiter};
 use limiter_fallback::{Fallback, FallbackConfig};
 use limiter_memory::{MemoryConfig, MemoryLimiter};
 
@@ -20,6 +20,7 @@ pub const UP: u8 = 0;
 pub const DOWN: u8 = 1;
 pub const HANG: u8 = 2;
 pub const BROKEN: u8 = 3;
+pub const UNREADABLE: u8 = 4;
 
 /// A primary whose behaviour the test switches; it counts every call that reaches it.
 #[derive(Debug, Default)]
@@ -45,7 +46,15 @@ impl Scripted {
                 tokio::time::sleep(Duration::from_secs(3_600)).await;
                 Ok(())
             }
-            _ => Err(Error::backend("redis", "ERR script error")),
+            BROKEN => Err(Error::backend(
+                "redis",
+                ErrorKind::OutOfMemory,
+                "OOM command not allowed when used memory > 'maxmemory'",
+            )),
+            _ => Err(Error::UnreadableBucket {
+                backend: "redis",
+                reason: "rl:{…}:p:100-60000000-100 holds something that is not a bucket".into(),
+            }),
         }
     }
 }
