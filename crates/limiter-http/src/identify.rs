@@ -99,7 +99,7 @@ where
     }
 }
 
-/// Anonymous clients, known by IP address.
+/// Anonymous clients, known by IP address, or by the network it belongs to.
 ///
 /// The address is the TCP peer's (axum's `ConnectInfo<SocketAddr>`, or a `SocketAddr` in the
 /// request extensions for plain hyper). Only when the peer is a trusted proxy is the one
@@ -108,11 +108,35 @@ where
 /// address. The other header is never read: proxies pass it through from the client
 /// untouched. A client talking directly cannot name itself, so it cannot spoof its way to a
 /// fresh bucket.
-#[derive(Clone, Debug, Default)]
+///
+/// One client is one network of [`key_prefixes`](Self::key_prefixes): by default an IPv4
+/// address (/32) or an IPv6 /64, the block one subscriber line or host gets, so that a
+/// client cannot take a fresh bucket for each of its 2^64 addresses.
+#[derive(Clone, Debug)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
     header: ForwardedHeader,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
 }
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        Self {
+            trusted: Vec::new(),
+            header: ForwardedHeader::default(),
+            ipv4_prefix: DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+        }
+    }
+}
+
+/// The IPv4 network one anonymous client is known by, by default: one address.
+pub const DEFAULT_IPV4_PREFIX: u8 = 32;
+
+/// The IPv6 network one anonymous client is known by, by default: a /64, the smallest block
+/// a subscriber line or host is handed (RFC 6177), inside which it picks any address.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// Which forwarding header the trusted proxies write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -142,6 +166,33 @@ impl ClientIp {
     pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
         self.header = header;
         self
+    }
+
+    /// Knows clients by their IPv4 network of `ipv4` bits and IPv6 network of `ipv6` bits
+    /// instead of /32 and /64: all addresses of one network share one bucket.
+    ///
+    /// # Errors
+    /// [`ipnet::PrefixLenError`] unless `ipv4` is 1 to 32 and `ipv6` 1 to 128.
+    pub fn key_prefixes(mut self, ipv4: u8, ipv6: u8) -> Result<Self, ipnet::PrefixLenError> {
+        if !(1..=32).contains(&ipv4) || !(1..=128).contains(&ipv6) {
+            return Err(ipnet::PrefixLenError);
+        }
+        self.ipv4_prefix = ipv4;
+        self.ipv6_prefix = ipv6;
+        Ok(self)
+    }
+
+    /// The identity of the client at `ip`: its address, or its network when the prefix is
+    /// shorter than the address (`ip:2001:db8:1:2::/64`).
+    pub fn client_id(&self, ip: IpAddr) -> String {
+        let prefix = match ip {
+            IpAddr::V4(_) => self.ipv4_prefix,
+            IpAddr::V6(_) => self.ipv6_prefix,
+        };
+        match IpNet::new(ip, prefix) {
+            Ok(net) if net.prefix_len() < net.max_prefix_len() => format!("ip:{}", net.trunc()),
+            _ => format!("ip:{ip}"),
+        }
     }
 
     /// The networks trusted as proxies.
@@ -187,7 +238,7 @@ impl ClientIp {
 impl Identify for ClientIp {
     fn identify(&self, request: &Parts) -> Result<Identity, Rejection> {
         match self.client_ip(request) {
-            Some(ip) => Ok(Identity::new(Tier::Anonymous, format!("ip:{ip}"))),
+            Some(ip) => Ok(Identity::new(Tier::Anonymous, self.client_id(ip))),
             None => Err(no_peer()),
         }
     }
@@ -504,6 +555,28 @@ mod tests {
     fn mapped_ipv4_is_one_client() {
         let p = parts("[::ffff:198.51.100.7]:5000", &[]);
         assert_eq!(ClientIp::new().client_ip(&p), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_their_64_ipv4_clients_their_address() {
+        let who =
+            |ip: &ClientIp, peer: &str| ip.identify(&parts(peer, &[])).unwrap().id().to_owned();
+        let ip = ClientIp::new();
+        assert_eq!(who(&ip, "[2001:db8:1:2::7]:1"), "ip:2001:db8:1:2::/64");
+        assert_eq!(
+            who(&ip, "[2001:db8:1:2:ffff:ffff:ffff:ffff]:1"),
+            "ip:2001:db8:1:2::/64"
+        );
+        assert_eq!(who(&ip, "[2001:db8:1:3::7]:1"), "ip:2001:db8:1:3::/64");
+        assert_eq!(who(&ip, "198.51.100.7:1"), "ip:198.51.100.7");
+        let wide = ClientIp::new().key_prefixes(24, 48).unwrap();
+        assert_eq!(who(&wide, "198.51.100.7:1"), "ip:198.51.100.0/24");
+        assert_eq!(who(&wide, "[2001:db8:1:2::7]:1"), "ip:2001:db8:1::/48");
+        let exact = ClientIp::new().key_prefixes(32, 128).unwrap();
+        assert_eq!(who(&exact, "[2001:db8:1:2::7]:1"), "ip:2001:db8:1:2::7");
+        for (v4, v6) in [(0, 64), (33, 64), (32, 0), (32, 129)] {
+            assert!(ClientIp::new().key_prefixes(v4, v6).is_err(), "/{v4} /{v6}");
+        }
     }
 
     #[test]

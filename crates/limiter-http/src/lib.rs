@@ -52,8 +52,9 @@ pub use headers::{
     insert_rate_limit_headers, problem, too_many_requests,
 };
 pub use identify::{
-    ApiKeyOrIp, ApiKeys, ClientIp, DEFAULT_API_KEY_HEADER, ForwardedHeader, Identify, Identity,
-    InvalidKeyHash, Rejection, UnknownKey,
+    ApiKeyOrIp, ApiKeys, ClientIp, DEFAULT_API_KEY_HEADER, DEFAULT_IPV4_PREFIX,
+    DEFAULT_IPV6_PREFIX, ForwardedHeader, Identify, Identity, InvalidKeyHash, Rejection,
+    UnknownKey,
 };
 pub use layer::{OnError, RateLimitLayer};
 pub use service::{RateLimit, RateLimitInfo};
