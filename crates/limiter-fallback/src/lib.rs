@@ -197,8 +197,9 @@ pub struct FallbackStats {
     /// Primary failures of every other kind (refusals such as out of memory or
     /// authentication, bad replies, unreadable buckets), answered by the outage policy.
     pub other_errors: u64,
-    /// Primary failures by kind, indexed by [`ErrorKind::index`]: the three counters above,
-    /// in detail.
+    /// Primary failures by kind, indexed by [`ErrorKind::index`]: the three counters above
+    /// in detail, and the failed probes too (why the primary is still out: a password it no
+    /// longer takes, memory still full).
     pub errors_by_kind: [u64; ErrorKind::ALL.len()],
     /// Outages seen: times the circuit opened, and times parts of a partitioned primary
     /// started to open after none was.
@@ -540,8 +541,8 @@ where
                 match self.local.check(key, &share, cost).await {
                     Ok(d) => d,
                     // The cost fits the global quota (checked before) but not this worker's
-                    // share of it: deny for now rather than fail a valid request.
-                    Err(e) if e.is_insufficient_capacity() => self.refusal(policy),
+                    // share of it: memory denies it for now rather than fail a valid request.
+                    Err(e) if e.is_insufficient_capacity() => self.beyond_share(&share, cost),
                     Err(e) => return Err(e),
                 }
             }
@@ -560,6 +561,23 @@ where
         };
         decision.degraded = true;
         Ok(decision)
+    }
+
+    /// Memory's denial of a cost larger than this worker's share of a quota can hold: it
+    /// cannot pass here until the primary is back, so retry after one probe interval.
+    fn beyond_share(&self, share: &Policy, cost: u64) -> Decision {
+        let quotas = share.quotas();
+        let quota = quotas.iter().position(|q| q.capacity() < cost).unwrap_or(0);
+        Decision {
+            allowed: false,
+            limit: quotas.get(quota).map_or(0, Quota::capacity),
+            remaining: 0,
+            reset_after: self.config.probe_interval,
+            retry_after: Some(self.config.probe_interval),
+            backend: Backend::Memory,
+            degraded: true,
+            quota: Some(quota),
+        }
     }
 
     /// A denial without a backend: retry after one probe interval.
@@ -652,9 +670,12 @@ where
                         this.close_parts(run.start..run.start + 1);
                     }
                     Ok(Err(e)) => {
+                        this.errors_by_kind[e.kind().index()].fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(target: "limiter_fallback", partitions = ?run, reason = %e, "probe failed");
                     }
                     Err(_) => {
+                        this.errors_by_kind[ErrorKind::Timeout.index()]
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(target: "limiter_fallback", partitions = ?run, reason = "probe missed the deadline", "probe failed");
                     }
                 }
@@ -703,10 +724,12 @@ where
             }
             Ok(Err(e)) => {
                 inner.state.store(OPEN, Ordering::Release);
+                inner.errors_by_kind[e.kind().index()].fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "limiter_fallback", from = "half_open", to = "open", reason = %e, "probe failed");
             }
             Err(_) => {
                 inner.state.store(OPEN, Ordering::Release);
+                inner.errors_by_kind[ErrorKind::Timeout.index()].fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     target: "limiter_fallback",
                     from = "half_open",
