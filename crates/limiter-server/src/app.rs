@@ -10,7 +10,7 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
+use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
 use limiter_fallback::{Fallback, OutagePolicy};
 use limiter_http::{
     ApiKeyOrIp, ApiKeys, ClientIp, ForwardedHeader, OnError, RateLimitInfo, RateLimitLayer,
@@ -49,6 +49,7 @@ pub struct AppState {
     pub(crate) hasher: ClientKeyHasher,
     pub(crate) tiers: Arc<TierPolicies>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) body_read_timeout: Duration,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) started: Arc<AtomicBool>,
     pub(crate) draining: Arc<AtomicBool>,
@@ -105,6 +106,10 @@ impl App {
                 })?;
                 let fallback = Fallback::new(redis, memory, config.fallback)
                     .map_err(|e| ConfigError::field("fallback", e))?;
+                // Each tier's fleet share, now rather than on the first check of an outage.
+                for tier in Tier::ALL {
+                    fallback.prepare(config.tiers.get(tier));
+                }
                 let fallback = Arc::new(fallback);
                 let denials = (config.deny_cache_entries > 0)
                     .then(|| Arc::new(DenyCache::new(fallback.clone(), config.deny_cache_entries)));
@@ -133,12 +138,12 @@ impl App {
             ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
             ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
         };
-        let identify = ApiKeyOrIp::new(
-            keys,
-            ClientIp::new()
-                .trust_proxies(config.trusted_proxies.iter().copied())
-                .forwarded_header(forwarded),
-        );
+        let addresses = ClientIp::new()
+            .trust_proxies(config.trusted_proxies.iter().copied())
+            .forwarded_header(forwarded)
+            .key_prefixes(config.ipv4_prefix, config.ipv6_prefix)
+            .map_err(|e| ConfigError::field("ipv6_prefix", e))?;
+        let identify = ApiKeyOrIp::new(keys, addresses);
         let tiers = Arc::new(config.tiers.clone());
         let guard = RateLimitLayer::new(limiter.clone(), hasher.clone())
             .tiers(config.tiers.clone())
@@ -154,6 +159,7 @@ impl App {
             hasher,
             tiers,
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.http.body_read_timeout_ms),
             metrics: telemetry::prometheus(),
             started: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
@@ -196,6 +202,15 @@ impl App {
     /// From now on readiness says `draining`, so balancers stop sending new requests.
     pub fn drain(&self) {
         self.state.draining.store(true, Ordering::Release);
+    }
+
+    /// The HTTP server's limits from `config`, for [`serve`](crate::serve).
+    pub fn http_limits(config: &Config) -> crate::HttpLimits {
+        crate::HttpLimits {
+            header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(config.http.keep_alive_timeout_ms),
+            max_connections: config.http.max_connections,
+        }
     }
 
     /// `"redis"` or `"memory"`.

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::header::{CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use http_body_util::LengthLimitError;
 use limiter_core::{Decision, Error, Tier, bucket};
@@ -18,6 +18,11 @@ use crate::problem::Problem;
 
 /// Longest client ID accepted, in bytes.
 pub const MAX_CLIENT_LEN: usize = 1024;
+
+/// What a `/v1/check` client ID is hashed under: its own namespace, apart from the guarded
+/// routes' identities (`ip:…`, `key:…`), so a caller posting `"ip:203.0.113.5"` counts a
+/// client of its own, never drains that address's bucket on the guarded routes.
+const NAMESPACE: &str = "check:";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +88,20 @@ async fn read_body(state: &AppState, body: Body, declared: Option<u64>) -> Resul
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let timeout = state.body_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        metrics::counter!("ratelimit_http_connections_closed_total", "reason" => "body_timeout")
+            .increment(1);
+        return Err(Problem {
+            status: StatusCode::REQUEST_TIMEOUT,
+            detail: format!(
+                "request body not received within {} ms",
+                timeout.as_millis()
+            ),
+        });
+    };
+    read.map_err(|e| {
         if e.into_inner().is::<LengthLimitError>() {
             too_large()
         } else {
@@ -131,7 +149,9 @@ async fn decide(
         bucket::validate(policy.quotas(), cost).map_err(|e| cost_problem(tier, &e))?;
     }
 
-    let key = state.hasher.hash(&req.client);
+    let key = state
+        .hasher
+        .hash([NAMESPACE.as_bytes(), req.client.as_bytes()].concat());
     let started = Instant::now();
     match state.limiter.check(&key, policy, cost).await {
         Ok(decision) => {
@@ -166,12 +186,21 @@ fn cost_problem(tier: Tier, e: &Error) -> Problem {
     }
 }
 
-/// `Retry-After: 1` on 503s from this module.
+/// `Retry-After: 1` on 503s from this module; `Connection: close` after a body that did not
+/// arrive in time (what is left of it would be read as the next request).
 fn with_retry(mut response: Response) -> Response {
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    match response.status() {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::REQUEST_TIMEOUT => {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
     }
     response
 }

@@ -143,6 +143,35 @@ impl Default for RedisSection {
     }
 }
 
+/// The HTTP server's limits on what a client may hold: each a bound on a slow or idle client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Longest time from a request's first byte (a connection's opening, for its first
+    /// request) until its header is complete, in ms. Default 5,000.
+    pub header_read_timeout_ms: u64,
+    /// Longest time to receive a request's whole body once its header is in, in ms.
+    /// Default 10,000.
+    pub body_read_timeout_ms: u64,
+    /// Longest time a kept-alive connection may wait for its next request, in ms. Default
+    /// 75,000: longer than the 60 s idle timeout of common load balancers, so the balancer
+    /// closes first and never sends on a connection this server is closing.
+    pub keep_alive_timeout_ms: u64,
+    /// Most connections open at once; one more is answered 503 and closed. Default 10,000.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// Everything `ratelimitd` can be told. Field names are the TOML keys; environment
 /// variables are `RATELIMIT_` + the key in capitals, with `__` between a section and its
 /// key (`RATELIMIT_FALLBACK__DEADLINE_MS`).
@@ -165,6 +194,11 @@ pub struct Config {
     /// The forwarding header trusted proxies write: `x-forwarded-for` (default) or
     /// `forwarded`. The other is never read.
     pub forwarded_header: ForwardedHeaderName,
+    /// Anonymous IPv4 clients are known by their network of this many bits. Default 32.
+    pub ipv4_prefix: u8,
+    /// Anonymous IPv6 clients are known by their network of this many bits. Default 64 (the
+    /// block one subscriber or host gets: a /128 would hand it 2^64 fresh buckets).
+    pub ipv6_prefix: u8,
     /// Header carrying API keys. Default `x-api-key`.
     pub api_key_header: String,
     /// What an unknown API key gets: `anonymous` (default) or `reject` (401).
@@ -185,6 +219,8 @@ pub struct Config {
     pub redis: RedisSection,
     /// Redis deadline, probing, and what to answer while Redis is unavailable.
     pub fallback: FallbackConfig,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: HttpSection,
 }
 
 impl Default for Config {
@@ -197,6 +233,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeaderName::XForwardedFor,
+            ipv4_prefix: limiter_http::DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: limiter_http::DEFAULT_IPV6_PREFIX,
             api_key_header: "x-api-key".to_owned(),
             unknown_api_keys: UnknownKeys::Anonymous,
             api_keys: Vec::new(),
@@ -206,6 +244,7 @@ impl Default for Config {
             memory: MemorySection::default(),
             redis: RedisSection::default(),
             fallback: FallbackConfig::default(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -342,6 +381,23 @@ impl Config {
                 ));
             }
         }
+        for (field, bits, max) in [
+            ("ipv4_prefix", self.ipv4_prefix, 32),
+            ("ipv6_prefix", self.ipv6_prefix, 128),
+        ] {
+            if !(1..=max).contains(&bits) {
+                return Err(ConfigError::field(
+                    field,
+                    format_args!("must be 1 to {max} bits"),
+                ));
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::field(
+                "http.max_connections",
+                "must be at least 1",
+            ));
+        }
         if self.memory.max_buckets == 0 {
             return Err(ConfigError::field(
                 "memory.max_buckets",
@@ -359,6 +415,15 @@ impl Config {
         for (field, ms) in [
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            (
+                "http.keep_alive_timeout_ms",
+                self.http.keep_alive_timeout_ms,
+            ),
             ("fallback.deadline_ms", duration_ms(self.fallback.deadline)),
             (
                 "fallback.probe_interval_ms",
@@ -481,6 +546,31 @@ mod tests {
             Config::load(&cli(&[])).unwrap()
         });
         assert_eq!(c.fallback.deadline, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_in_seconds_and_keys() {
+        let c = with_env(
+            &[("RATELIMIT_HTTP__HEADER_READ_TIMEOUT_MS", "1500")],
+            || Config::load(&cli(&[])).unwrap(),
+        );
+        assert_eq!(c.http.header_read_timeout_ms, 1_500);
+        let d = HttpSection::default();
+        assert!(d.header_read_timeout_ms <= 10_000);
+        assert!(d.body_read_timeout_ms <= 60_000 && d.keep_alive_timeout_ms <= 120_000);
+        for (var, value) in [
+            ("RATELIMIT_HTTP__MAX_CONNECTIONS", "0"),
+            ("RATELIMIT_HTTP__BODY_READ_TIMEOUT_MS", "0"),
+            ("RATELIMIT_IPV6_PREFIX", "129"),
+            ("RATELIMIT_IPV4_PREFIX", "0"),
+        ] {
+            let e = with_env(&[(var, value)], || Config::load(&cli(&[])).unwrap_err());
+            let key = var
+                .trim_start_matches("RATELIMIT_")
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(e.to_string().contains(&key), "{var}: {e}");
+        }
     }
 
     #[test]

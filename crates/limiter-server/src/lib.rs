@@ -9,8 +9,10 @@ mod check;
 pub mod config;
 mod health;
 mod problem;
+pub mod serve;
 pub mod telemetry;
 
 pub use app::{App, AppState};
 pub use check::MAX_CLIENT_LEN;
-pub use config::{Cli, Command, Config, ConfigError, LogFormat};
+pub use config::{Cli, Command, Config, ConfigError, HttpSection, LogFormat};
+pub use serve::{HttpLimits, serve};

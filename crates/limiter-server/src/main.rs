@@ -1,7 +1,6 @@
 //! `ratelimitd`: see `ratelimitd --help` and `docs/ratelimitd.md`.
 
 use std::io::BufRead;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -58,21 +57,38 @@ fn init_logs(format: LogFormat) {
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let app = App::new(&config)?;
+    let limits = App::http_limits(&config);
+    open_files_for(limits.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = app.backend_name(), "listening");
-    let service = app
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let server =
-        axum::serve(listener, service).with_graceful_shutdown(shutdown(app.clone(), grace));
+        limiter_server::serve(listener, app.router(), limits, shutdown(app.clone(), grace));
     let (served, ()) = tokio::join!(server, app.start());
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files towards the hard one, as far as `connections` (and
+/// room for Redis, logs and the listener) needs; warns when even that is too few, since a
+/// server out of descriptors refuses connections below its own cap.
+fn open_files_for(connections: usize) {
+    let wanted = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            open_files = got,
+            max_connections = connections,
+            "the open-files limit is below http.max_connections: raise it (ulimit -n) or lower the cap"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
 }
 
 /// SIGTERM: report `draining` for `grace` (balancers stop sending), then stop accepting and

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use limiter_core::ErrorKind;
 use limiter_fallback::{CircuitState, FallbackStats};
 use limiter_http::telemetry::BACKEND_LATENCY;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -56,6 +57,13 @@ pub(crate) fn record_fallback(stats: &FallbackStats) {
         ("other", stats.other_errors),
     ] {
         metrics::counter!("ratelimit_redis_errors_total", "kind" => kind).absolute(n);
+    }
+    // The same failures in detail: out of memory, authentication, a bad reply…
+    for kind in ErrorKind::ALL {
+        if kind != ErrorKind::InvalidInput {
+            metrics::counter!("ratelimit_redis_failures_total", "kind" => kind.as_str())
+                .absolute(stats.errors(kind));
+        }
     }
     metrics::counter!("ratelimit_fallback_opened_total").absolute(stats.opened);
     metrics::counter!("ratelimit_fallback_probes_total").absolute(stats.probes);

@@ -92,6 +92,18 @@ fn the_config_path_and_secrets_come_from_the_environment_too() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("pw-9876") && !out.contains("12345678901234567890"));
     assert!(out.contains("127.0.0.1:6379"));
+
+    // Every form of URL: a Unix socket's password is a query parameter.
+    let mut cmd = command();
+    cmd.env("RATELIMIT_HASH_SECRET", "12345678901234567890")
+        .env(
+            "RATELIMIT_REDIS_URL",
+            "redis+unix:///run/redis/redis.sock?db=2&pass=pw-5432",
+        );
+    let (code, out, err) = run(cmd, &["config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("pw-5432"), "{out}");
+    assert!(out.contains("redis.sock?db=2&pass=<redacted>"), "{out}");
 }
 
 fn refused(file: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> String {

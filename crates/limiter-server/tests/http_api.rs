@@ -305,3 +305,65 @@ async fn raw_keys_and_client_ids_never_reach_logs_or_metrics() {
         );
     }
 }
+
+#[tokio::test]
+async fn ipv6_addresses_of_one_64_share_a_bucket_behind_a_trusted_proxy() {
+    let file = config_file(
+        "trusted_proxies = [\"127.0.0.1/32\"]\n\
+         [tiers.anonymous]\nquotas = [{ limit = 4, period = \"1h\" }]\n",
+    );
+    let server = Server::start(&["--config", path(&file)]);
+    let http = client();
+    let whoami = |address: &'static str| {
+        let request = http
+            .get(server.url("/v1/whoami"))
+            .header("x-forwarded-for", format!("{address}, 127.0.0.1"));
+        async move {
+            let res = request.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            (status, body)
+        }
+    };
+    // One subscriber's /64: any of its 2^64 addresses is the same client.
+    let one_block = [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2:a:b:c:d",
+        "2001:db8:1:2:ffff:ffff:ffff:ffff",
+    ];
+    let mut hashes = Vec::new();
+    for (i, address) in one_block.iter().cycle().take(8).enumerate() {
+        let (status, body) = whoami(address).await;
+        assert_eq!(
+            status,
+            if i < 4 { 200 } else { 429 },
+            "request {i} from {address}"
+        );
+        if status == 200 {
+            hashes.push(body["client"].clone());
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    // The next /64 is another client, with a bucket of its own.
+    let (status, body) = whoami("2001:db8:1:3::1").await;
+    assert_eq!(status, 200);
+    assert_ne!(body["client"], hashes[0]);
+}
+
+#[tokio::test]
+async fn check_ids_cannot_drain_a_guarded_clients_bucket() {
+    let file = config_file("[tiers.anonymous]\nquotas = [{ limit = 3, period = \"1h\" }]\n");
+    let server = Server::start(&["--config", path(&file)]);
+    let http = client();
+    // A caller of the check API names the guarded routes' identity of this test's address.
+    for i in 0..5 {
+        let (status, d) = check(&http, &server, json!({ "client": "ip:127.0.0.1" })).await;
+        assert_eq!((status, d["allowed"] == true), (200, i < 3), "{d}");
+    }
+    // The address's own bucket is untouched.
+    let res = http.get(server.url("/v1/whoami")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let who: Value = res.json().await.unwrap();
+    assert_eq!(who["remaining"], 2, "{who}");
+}
