@@ -35,7 +35,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
 fi
 
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 if [ "$images" = failed ]; then
     echo "error: the Redis images could not be prepared (see above); the Redis tests need Docker" >&2
     status=1
