@@ -303,3 +303,57 @@ fn checks_queued_in_a_runtime_that_shut_down_do_not_block_the_connection() {
         );
     });
 }
+
+#[test]
+fn checks_whose_batch_is_dropped_get_an_outage_not_a_bug() {
+    let runtime = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main = runtime(2);
+    let _context = main.enter();
+    let redis_server = main.block_on(support::TestRedis::container());
+    let mut config = RedisConfig::from_url(&redis_server.url);
+    config.connections = 1;
+    config.timeout = Duration::from_secs(5);
+    let limiter = Arc::new(RedisLimiter::new(config).unwrap());
+    let policy = policy("dropped");
+    let client = ClientKey::from(6_u128);
+    main.block_on(limiter.check(&client, &policy, 1)).unwrap();
+
+    // The call in flight belongs to a runtime that shuts down; the checks queued behind it
+    // belong to one that goes on, and must hear of it as an outage (a fallback then answers
+    // them), not wait out their deadline or take it for a bug.
+    let busy_conn = main.block_on(redis_server.raw());
+    let busy = main.spawn(hold_busy(busy_conn, 1_000));
+    let short = runtime(1);
+    short.block_on(async {
+        let (limiter, policy) = (limiter.clone(), policy.clone());
+        tokio::spawn(async move { limiter.check(&client, &policy, 1).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    let queued: Vec<_> = (0..5)
+        .map(|_| {
+            let (limiter, policy) = (limiter.clone(), policy.clone());
+            main.spawn(async move { limiter.check(&client, &policy, 1).await })
+        })
+        .collect();
+    main.block_on(tokio::time::sleep(Duration::from_millis(50)));
+    drop(short);
+    main.block_on(async {
+        for check in queued {
+            let started = std::time::Instant::now();
+            let err = check.await.unwrap().unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        busy.await.unwrap().unwrap();
+    });
+}

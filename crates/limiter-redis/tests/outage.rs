@@ -101,3 +101,68 @@ async fn nothing_listening_is_unavailable_at_once() {
     assert!(err.is_unavailable(), "{err}");
     assert!(started.elapsed() <= limiter.config().timeout + SLACK);
 }
+
+/// Connections Redis has accepted since it started.
+async fn connections_received(redis: &support::TestRedis) -> u64 {
+    let info: String = limiter_redis::redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut redis.raw().await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix("total_connections_received:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_at_a_short_deadline_replaces_its_connection() {
+    // A deadline shorter than the old fixed 10 ms stall threshold: a connection stuck behind
+    // a partition must still be found stalled and replaced, or every later call on it hangs.
+    let redis = support::TestRedis::container().await;
+    let mut config = RedisConfig::from_url(&redis.url);
+    config.connections = 1;
+    config.timeout = Duration::from_millis(5);
+    let limiter = RedisLimiter::new(config).unwrap();
+    let mut ready = false;
+    for _ in 0..50 {
+        ready |= limiter.warm_up().await.is_ok();
+        if ready {
+            break;
+        }
+    }
+    assert!(ready, "never warmed up within 5 ms");
+    let before = connections_received(&redis).await;
+
+    redis.container_handle().pause().await.unwrap();
+    let err = limiter
+        .check(&ClientKey::from(4), &policy(), 1)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    redis.container_handle().unpause().await.unwrap();
+
+    let mut answered = false;
+    for _ in 0..100 {
+        if limiter
+            .check(&ClientKey::from(4), &policy(), 1)
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answered, "no answer after Redis came back");
+    let after = connections_received(&redis).await;
+    // `connections_received` opens one connection of its own each time.
+    assert!(
+        after > before + 1,
+        "the stalled connection was kept: {before} connections before, {after} after"
+    );
+}
