@@ -253,25 +253,33 @@ async fn a_check_whose_caller_gave_up_is_not_sent() {
     );
 }
 
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A container and a limiter of one connection on it, whose checks wait up to 5 s: still
+/// waiting when a runtime they ran on ends.
+fn one_connection(main: &tokio::runtime::Runtime) -> (support::TestRedis, Arc<RedisLimiter>) {
+    let redis_server = main.block_on(support::TestRedis::container());
+    let mut config = RedisConfig::from_url(&redis_server.url);
+    config.connections = 1;
+    config.timeout = Duration::from_secs(5);
+    let limiter = Arc::new(RedisLimiter::new(config).unwrap());
+    (redis_server, limiter)
+}
+
 /// An application may build its limiter once and use it from several runtimes, one of which
 /// shuts down while checks wait on a connection: the connection must not stay taken by a
 /// task that died with that runtime.
 #[test]
 fn checks_queued_in_a_runtime_that_shut_down_do_not_block_the_connection() {
-    let runtime = |threads| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let main = runtime(2);
     let _context = main.enter(); // the container is removed on drop, from within a runtime
-    let redis_server = main.block_on(support::TestRedis::container());
-    let mut config = RedisConfig::from_url(&redis_server.url);
-    config.connections = 1;
-    config.timeout = Duration::from_secs(5); // checks still wait when their runtime ends
-    let limiter = Arc::new(RedisLimiter::new(config).unwrap());
+    let (redis_server, limiter) = one_connection(&main);
     let policy = policy("outlived");
     let client = ClientKey::from(5_u128);
     main.block_on(limiter.check(&client, &policy, 1)).unwrap();
@@ -306,20 +314,9 @@ fn checks_queued_in_a_runtime_that_shut_down_do_not_block_the_connection() {
 
 #[test]
 fn checks_whose_batch_is_dropped_get_an_outage_not_a_bug() {
-    let runtime = |threads| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let main = runtime(2);
     let _context = main.enter();
-    let redis_server = main.block_on(support::TestRedis::container());
-    let mut config = RedisConfig::from_url(&redis_server.url);
-    config.connections = 1;
-    config.timeout = Duration::from_secs(5);
-    let limiter = Arc::new(RedisLimiter::new(config).unwrap());
+    let (redis_server, limiter) = one_connection(&main);
     let policy = policy("dropped");
     let client = ClientKey::from(6_u128);
     main.block_on(limiter.check(&client, &policy, 1)).unwrap();

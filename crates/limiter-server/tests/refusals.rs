@@ -45,34 +45,28 @@ async fn load(http: reqwest::Client, base: String, stop: Arc<AtomicBool>) -> See
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let address = format!("198.51.{}.{}", n / 250 % 250, n % 250);
-        let res = http
+        let guarded = http
             .get(format!("{base}/v1/whoami"))
-            .header("x-forwarded-for", &address)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        seen.push((
-            "whoami",
-            status,
-            body["backend"].as_str().unwrap_or("").to_owned(),
-        ));
-        let res = http
+            .header("x-forwarded-for", &address);
+        seen.push(sent("whoami", guarded).await);
+        let checked = http
             .post(format!("{base}/v1/check"))
-            .json(&json!({ "client": format!("load-{n}") }))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        seen.push((
-            "check",
-            status,
-            body["backend"].as_str().unwrap_or("").to_owned(),
-        ));
+            .json(&json!({ "client": format!("load-{n}") }));
+        seen.push(sent("check", checked).await);
     }
     seen
+}
+
+/// The status of `request` and the backend its answer names.
+async fn sent(
+    route: &'static str,
+    request: reqwest::RequestBuilder,
+) -> (&'static str, u16, String) {
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let backend = body["backend"].as_str().unwrap_or("").to_owned();
+    (route, status, backend)
 }
 
 async fn status(http: &reqwest::Client, server: &Server) -> Value {
@@ -171,14 +165,7 @@ async fn through(
 async fn redis_out_of_memory_is_an_outage_not_unlimited() {
     let redis = TestRedis::container().await;
     let file = config();
-    let server = Server::start(&[
-        "--config",
-        path(&file),
-        "--redis-url",
-        &redis.url,
-        "--hash-secret",
-        SECRET,
-    ]);
+    let server = Server::worker(&file, &redis.url);
     let mut conn = admin(&redis.url).await;
     let fillers = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let fill = {
@@ -257,14 +244,7 @@ async fn a_changed_redis_password_is_an_outage_not_unlimited() {
         .url
         .replacen("redis://", &format!("redis://:{OLD}@"), 1);
     let file = config();
-    let server = Server::start(&[
-        "--config",
-        path(&file),
-        "--redis-url",
-        &url,
-        "--hash-secret",
-        SECRET,
-    ]);
+    let server = Server::worker(&file, &url);
     // The password changes and every connection must log in again (a restart, a rotation
     // that drops sessions): the workers' logins are refused.
     let rotate = async {
@@ -281,14 +261,7 @@ async fn a_changed_redis_password_is_an_outage_not_unlimited() {
     // A worker that starts while its password is refused (a restart during a rotation)
     // serves from memory from its first request, and joins Redis once the password works.
     password(NEW).await;
-    let late = Server::start(&[
-        "--config",
-        path(&file),
-        "--redis-url",
-        &url,
-        "--hash-secret",
-        SECRET,
-    ]);
+    let late = Server::worker(&file, &url);
     let http = client();
     let health = ready(&http, &late).await;
     assert_eq!(health["status"], "degraded", "{health}");

@@ -53,6 +53,18 @@ impl Server {
         Self::start_with(command(), args)
     }
 
+    /// A worker of a fleet: `config`, the Redis at `redis_url`, the shared secret.
+    pub fn worker(config: &tempfile::NamedTempFile, redis_url: &str) -> Self {
+        Self::start(&[
+            "--config",
+            path(config),
+            "--redis-url",
+            redis_url,
+            "--hash-secret",
+            SECRET,
+        ])
+    }
+
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Self {
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
