@@ -13,9 +13,10 @@
 //!   ⌈n × ticks / tokens⌉ ticks, and every window of one period refills exactly `tokens`.
 //! - The **max level** is `capacity × unit` ≤ [`MAX_LEVEL`](crate::MAX_LEVEL) (2^50), so
 //!   every intermediate value below stays exact in Lua's doubles as well. The tick is the
-//!   smallest divisor of the period that keeps it there (see [`Quota::tick`]): a token comes
-//!   back at the first tick at or after its exact time, never earlier, at most `tick - 1` µs
-//!   later.
+//!   smallest divisor of the period that keeps it there (see [`Quota::tick`]). Refill happens
+//!   on ticks, and a bucket's stamp falls on the tick at or before the moment it was written,
+//!   so a token comes back within one tick of its exact time, early or late; every window of
+//!   one period still refills exactly `tokens`.
 //!
 //! A bucket is stored as two integers, `(level, updated)`: `updated` is in microseconds and
 //! always falls on a tick. Its level at `now` is

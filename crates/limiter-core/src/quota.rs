@@ -194,8 +194,8 @@ impl Quota {
     /// Microseconds per tick, the quota's unit of time: 1 (exact to the microsecond) for
     /// every quota whose full bucket fits in [`MAX_LEVEL`] units that way, else the smallest
     /// divisor of the period that makes it fit. A tick divides the period, so every window
-    /// of one period still refills exactly `tokens`; a token just comes back at the next
-    /// tick, at most `tick - 1` µs after exact time would bring it.
+    /// of one period still refills exactly `tokens`; a token comes back on a tick, within
+    /// one tick of the exact time.
     pub fn tick(&self) -> u64 {
         self.tick
     }

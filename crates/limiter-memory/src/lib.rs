@@ -239,8 +239,10 @@ struct ShardMap {
 struct Entry {
     key: BucketKey,
     /// Milliseconds from `state.updated` until the bucket is full, rounded up (so an entry is
-    /// never thought idle early) and saturated at about 49 days (a longer refill only delays
-    /// when the entry counts as idle; decisions never read this).
+    /// never thought idle early); `u32::MAX` (about 49.7 days) and more mean "not before
+    /// anything else": a bucket that takes longer to refill (one token a week, a burst of 8)
+    /// is never idle by this count, only evicted last under a full cap. Decisions never read
+    /// this.
     full_after_ms: u32,
     state: BucketState,
 }
@@ -262,8 +264,11 @@ impl Entry {
     }
 
     /// When the bucket is full again (µs), never earlier than the truth: from then on it is
-    /// idle.
+    /// idle. A refill too long to count is never.
     fn full_at(&self) -> u64 {
+        if self.full_after_ms == u32::MAX {
+            return u64::MAX;
+        }
         self.state
             .updated
             .saturating_add(u64::from(self.full_after_ms) * 1_000)

@@ -101,3 +101,34 @@ fn newcomers_take_idle_places_not_drained_ones() {
         );
     }
 }
+
+#[test]
+fn a_bucket_that_refills_for_weeks_is_not_forgotten_before_it_is_full() {
+    // One token a week with a burst of 8: empty, it is full again after 56 days, longer than
+    // the 49.7 days an entry's time-to-full can count. Forgetting it early would hand the
+    // client a fresh burst.
+    let clock = ManualClock::new();
+    let limiter =
+        MemoryLimiter::with_clock(MemoryConfig { max_buckets: 100 }, clock.clone()).unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    let quota = Quota::new(1, week).unwrap().allow_burst(8).unwrap();
+    let policy = Policy::new("weekly", [quota]).unwrap();
+    let key = ClientKeyHasher::new(SECRET)
+        .unwrap()
+        .hash("a slow refiller");
+    for policy in [&policy, &Policy::new("weekly2", [quota, quota]).unwrap()] {
+        assert!(limiter.check_sync(&key, policy, 8).unwrap().allowed);
+        clock.advance(Duration::from_secs(50 * 86_400));
+        assert_eq!(
+            limiter.purge_idle(),
+            0,
+            "a bucket 7 tokens short was purged"
+        );
+        let d = limiter.check_sync(&key, policy, 8).unwrap();
+        assert!(
+            !d.allowed,
+            "50 days after draining, 8 tokens were back: {d:?}"
+        );
+        assert_eq!(d.remaining, 7);
+    }
+}

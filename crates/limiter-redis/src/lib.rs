@@ -59,9 +59,10 @@
 //! (`OOM`, `MISCONF`, `NOAUTH`, `WRONGPASS`, `NOPERM`, a failed script, a reply of the wrong
 //! shape) is [`Error::Backend`] with its [`ErrorKind`]: a fallback treats both as outages, so
 //! a Redis that answers with errors never switches limiting off. A key that holds something
-//! other than a bucket fails only its own check ([`Error::UnreadableBucket`]). A connection
-//! whose call failed is replaced on next use, so a password restored or a server restarted
-//! is picked up by the next connection.
+//! other than a bucket fails only its own check ([`Error::UnreadableBucket`]). On one Redis
+//! or Sentinel, a connection whose call failed in a way that may lie in the connection (I/O,
+//! a refused login, a reply out of step) is replaced on next use, so a restored password or
+//! a restarted server is picked up.
 
 use std::fmt;
 use std::sync::Arc;
@@ -156,22 +157,35 @@ impl fmt::Debug for RedisConfig {
 /// user information of `redis://user:password@host` (and of every other scheme), and the
 /// `pass` and `password` parameters of `redis+unix:///path?pass=…`.
 pub fn redacted(url: &str) -> String {
-    // Query parameters first: a password there may itself hold an `@`.
+    // The query is what follows the first `?` after the user information (whose password
+    // may hold a `?`), or the first `?` at all when an `@` is only in the query (a password
+    // there may hold one too). Its password parameters go first, then the user information.
+    let after_userinfo = url.rfind('@').map_or(0, |at| at + 1);
+    let query = url[after_userinfo..]
+        .find('?')
+        .map(|q| after_userinfo + q)
+        .or_else(|| url.find('?'));
     let mut out = String::with_capacity(url.len());
-    for (n, piece) in url.split_inclusive(['?', '&']).enumerate() {
-        let body = piece.trim_end_matches(['?', '&']);
-        match body.split_once('=') {
-            Some((name, _))
-                if n > 0
-                    && (name.eq_ignore_ascii_case("pass")
-                        || name.eq_ignore_ascii_case("password")) =>
-            {
-                out.push_str(name);
-                out.push_str("=<redacted>");
-                out.push_str(&piece[body.len()..]);
+    match query {
+        Some(q) => {
+            out.push_str(&url[..=q]);
+            for (n, param) in url[q + 1..].split('&').enumerate() {
+                if n > 0 {
+                    out.push('&');
+                }
+                match param.split_once('=') {
+                    Some((name, _))
+                        if name.eq_ignore_ascii_case("pass")
+                            || name.eq_ignore_ascii_case("password") =>
+                    {
+                        out.push_str(name);
+                        out.push_str("=<redacted>");
+                    }
+                    _ => out.push_str(param),
+                }
             }
-            _ => out.push_str(piece),
         }
+        None => out.push_str(url),
     }
     match (out.find("://"), out.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
@@ -317,7 +331,21 @@ impl Inner {
     async fn probe(&self, i: usize, key: String) -> Result<(), Error> {
         let call = Call::probe(key);
         let reply = self.run_on(i, &call).await?;
-        parse_reply(reply, 1, |_| call.keys[0].clone()).map(drop)
+        match parse_reply(reply, 1, |_| call.keys[0].clone()) {
+            // The probe's key holds something else: it is the probe's own, so it is cleared
+            // and the probe asked again, or the circuit could never close.
+            Err(e) if e.is_per_check() => {
+                let (generation, mut conn) = self.connection(i).await?;
+                redis::cmd("DEL")
+                    .arg(&call.keys[0])
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(i, generation, e))?;
+                let reply = self.run_on(i, &call).await?;
+                parse_reply(reply, 1, |_| call.keys[0].clone()).map(drop)
+            }
+            other => other.map(drop),
+        }
     }
 
     /// How long a call may wait on a connection before its cancellation marks the
@@ -382,12 +410,24 @@ impl Inner {
         Ok((generation, conn))
     }
 
-    /// Classifies a failure on slot `i`'s connection and drops that connection: whatever
-    /// failed (a dead socket, credentials Redis no longer takes), the next call starts on a
-    /// new one, which picks up a restored password or a restarted server.
+    /// Classifies a failure on slot `i`'s connection and drops that connection when the
+    /// failure may lie in it: a dead socket, credentials Redis no longer takes (a new
+    /// connection logs in again, with a restored password), a reply out of step. A refusal
+    /// that a new connection would meet the same (out of memory, writes stopped, a missing
+    /// permission, a script error) keeps it.
     fn failed(&self, i: usize, generation: u64, e: RedisError) -> Error {
-        self.forget(i, generation);
-        classify(e)
+        let error = classify(e);
+        if matches!(
+            error.kind(),
+            ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::Auth
+                | ErrorKind::Reply
+                | ErrorKind::Client
+        ) {
+            self.forget(i, generation);
+        }
+        error
     }
 
     /// Empties slot `i` if it still holds connection `generation`, so the next call opens a
@@ -752,6 +792,14 @@ mod tests {
                 "redis+unix:///run/redis.sock?pass=s3@cret",
                 "redis+unix:///run/redis.sock?pass=<redacted>",
             ),
+            (
+                "redis+unix:///run/redis.sock?pass=s3?cret&db=1",
+                "redis+unix:///run/redis.sock?pass=<redacted>&db=1",
+            ),
+            (
+                "redis://:s3?cret@h:6379/?password=s3cond",
+                "redis://<redacted>@h:6379/?password=<redacted>",
+            ),
             ("rediss://w:s3cret@h:6380/1", "rediss://<redacted>@h:6380/1"),
             ("redis://:s3?cret@h:6379", "redis://<redacted>@h:6379"),
             (
@@ -762,7 +810,10 @@ mod tests {
         ] {
             assert_eq!(redacted(url), shown);
             let config = format!("{:?}", RedisConfig::from_url(url));
-            assert!(!config.contains("s3"), "{config}");
+            assert!(
+                !config.contains("s3") && !config.contains("cret"),
+                "{config}"
+            );
         }
     }
 

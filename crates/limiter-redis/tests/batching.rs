@@ -195,6 +195,29 @@ async fn hold_busy(mut conn: redis::aio::MultiplexedConnection, ms: u64) -> redi
         .await
 }
 
+/// Returns once `busy`'s script is running: when Redis stops answering `PING` on `probe` (a
+/// connection opened before, as a busy Redis takes no new one).
+async fn until_busy(
+    probe: &mut redis::aio::MultiplexedConnection,
+    busy: &tokio::task::JoinHandle<redis::RedisResult<()>>,
+) {
+    loop {
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(probe);
+        if tokio::time::timeout(Duration::from_millis(20), ping)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        assert!(
+            !busy.is_finished(),
+            "Redis answered PING all through the busy script"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_whose_caller_gave_up_is_not_sent() {
     let redis_server = support::TestRedis::container().await;
@@ -213,23 +236,9 @@ async fn a_check_whose_caller_gave_up_is_not_sent() {
     let busy_conn = redis_server.raw().await;
     let mut probe = redis_server.raw().await; // opened now: a busy Redis takes no connection
     let busy = tokio::spawn(hold_busy(busy_conn, 1_500));
-    // The script is running once Redis stops answering PING. It runs long enough that every
-    // check below has given up (50 ms) and been dropped well before Redis is free again.
-    loop {
-        let ping = redis::cmd("PING");
-        let ping = ping.query_async::<String>(&mut probe);
-        if tokio::time::timeout(Duration::from_millis(20), ping)
-            .await
-            .is_err()
-        {
-            break;
-        }
-        assert!(
-            !busy.is_finished(),
-            "Redis answered PING all through the busy script"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // It runs long enough that every check below has given up (50 ms) and been dropped well
+    // before Redis is free again.
+    until_busy(&mut probe, &busy).await;
 
     let checks: Vec<_> = (0..10)
         .map(|_| {
@@ -324,8 +333,10 @@ fn checks_whose_batch_is_dropped_get_an_outage_not_a_bug() {
     // The call in flight belongs to a runtime that shuts down; the checks queued behind it
     // belong to one that goes on, and must hear of it as an outage (a fallback then answers
     // them), not wait out their deadline or take it for a bug.
-    let busy_conn = main.block_on(redis_server.raw());
+    let (busy_conn, mut probe) =
+        main.block_on(async { (redis_server.raw().await, redis_server.raw().await) });
     let busy = main.spawn(hold_busy(busy_conn, 1_000));
+    main.block_on(until_busy(&mut probe, &busy));
     let short = runtime(1);
     short.block_on(async {
         let (limiter, policy) = (limiter.clone(), policy.clone());

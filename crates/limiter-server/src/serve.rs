@@ -12,9 +12,9 @@
 //!   [`HttpLimits::keep_alive_timeout`] is closed;
 //! - **body read timeout**: enforced where a body is read (`POST /v1/check`, `408`).
 //!
-//! (hyper's own header timeout starts when it waits for a request, so it would close idle
-//! keep-alive connections at the header timeout: the two are told apart here, by watching
-//! when a request's first byte arrives.)
+//! (hyper's own header timeout, on by default at 30 s, starts when it waits for a request,
+//! so it would close idle keep-alive connections at the header timeout: it is turned off,
+//! and the two are told apart here by watching when a request's first byte arrives.)
 
 use std::future::Future;
 use std::io;
@@ -29,11 +29,11 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 
 /// What a client may hold of the server, and for how long.
@@ -68,6 +68,13 @@ impl Closed {
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
 content-length: 0\r\nconnection: close\r\n\r\n";
 
+/// Refused connections being answered at once, at most: past the cap, a flood must not
+/// hold more descriptors than this while its refusals are delivered.
+const REFUSING: usize = 256;
+
+/// How long a refused connection may take to read its 503 and close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves; then stops
 /// accepting, lets the requests in flight finish, and returns.
 ///
@@ -80,6 +87,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -99,8 +107,12 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             metrics::counter!("ratelimit_http_connections_refused_total").increment(1);
-            // Best effort, never waiting: a client that does not read gets a plain close.
-            let _ = stream.try_write(REFUSAL);
+            if let Ok(slot) = Arc::clone(&refusing).try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -116,6 +128,21 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Answers a connection over the cap with `503` and closes it cleanly: what the client sent
+/// is read and dropped until it closes too (closing with unread bytes would reset the
+/// connection and lose the answer), for at most [`REFUSAL_LINGER`].
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answered = async {
+        stream.write_all(REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, answered).await;
 }
 
 /// One connection, served until the client closes it, a limit closes it, or shutdown.
@@ -142,25 +169,29 @@ fn connection(
             response
         }
     });
+    // hyper's own header timeout would also cut idle keep-alive connections (see above).
     let served = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(io, service);
     let served = graceful.watch(served);
     async move {
-        tokio::select! {
-            result = served => {
+        let mut served = std::pin::pin!(served);
+        let closed = tokio::select! {
+            result = &mut served => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                return;
             }
-            closed = activity.expired(limits) => {
-                // Dropping the connection closes its socket: no request is in flight.
-                metrics::counter!("ratelimit_http_connections_closed_total", "reason" => closed.as_str())
-                    .increment(1);
-                tracing::debug!(reason = closed.as_str(), "connection closed by the server");
-            }
-        }
+            closed = activity.expired(limits) => closed,
+        };
+        // Counted before the socket closes, so whoever sees it closed sees it counted.
+        metrics::counter!("ratelimit_http_connections_closed_total", "reason" => closed.as_str())
+            .increment(1);
+        tracing::debug!(reason = closed.as_str(), "connection closed by the server");
+        // The connection, pinned in this task, is dropped as it ends, which closes its
+        // socket: no request is being handled, and the last answer went out a timeout ago.
     }
 }
 
@@ -186,6 +217,9 @@ struct Activity {
     quiet_since: AtomicU64,
     /// When the first byte after `quiet_since` arrived; [`NOTHING`] if none has.
     reading_since: AtomicU64,
+    /// Wakes the watch when a request starts arriving on a quiet connection: its header
+    /// deadline is then nearer than the idle one the watch sleeps towards.
+    started_reading: Notify,
 }
 
 const NOTHING: u64 = u64::MAX;
@@ -198,6 +232,7 @@ impl Activity {
             served: AtomicU64::new(0),
             quiet_since: AtomicU64::new(0),
             reading_since: AtomicU64::new(NOTHING),
+            started_reading: Notify::new(),
         }
     }
 
@@ -209,13 +244,12 @@ impl Activity {
     fn read(&self) {
         if self.busy.load(Ordering::Acquire) == 0
             && self.reading_since.load(Ordering::Relaxed) == NOTHING
+            && self
+                .reading_since
+                .compare_exchange(NOTHING, self.now(), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
         {
-            let _ = self.reading_since.compare_exchange(
-                NOTHING,
-                self.now(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            self.started_reading.notify_one();
         }
     }
 
@@ -260,7 +294,10 @@ impl Activity {
                 // Serving: look again later (the request's own deadlines bound it).
                 None => header.min(idle),
             };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                () = self.started_reading.notified() => {}
+            }
         }
     }
 }

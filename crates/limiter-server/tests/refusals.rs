@@ -21,11 +21,13 @@ use support::*;
 /// Each anonymous address may pass 5 times an hour: nothing refills during the test.
 const LIMIT: u64 = 5;
 
+/// Trusting this test as a proxy, probing often, and with a long deadline: a slow answer on
+/// a loaded machine must not open the circuit, only a refusal (which comes back at once).
 fn config() -> tempfile::NamedTempFile {
     config_file(&format!(
         "trusted_proxies = [\"127.0.0.1/32\"]\n\
          [tiers.anonymous]\nquotas = [{{ limit = {LIMIT}, period = \"1h\" }}]\n\
-         [fallback]\nprobe_interval_ms = 200\n"
+         [fallback]\nprobe_interval_ms = 200\ndeadline_ms = 2000\n"
     ))
 }
 
