@@ -253,3 +253,31 @@ fn a_tier_can_become_unlimited_or_limited() {
         "{shown}"
     );
 }
+
+/// Every key of `expected`, at any depth, is in `actual` with the same value; `actual` may
+/// have more (settings added since).
+fn holds(actual: &Value, expected: &Value, at: &str) {
+    match (actual, expected) {
+        (Value::Object(actual), Value::Object(expected)) => {
+            for (key, value) in expected {
+                let here = format!("{at}.{key}");
+                let found = actual.get(key).unwrap_or_else(|| panic!("{here} is gone"));
+                holds(found, value, &here);
+            }
+        }
+        _ => assert_eq!(actual, expected, "{at} changed"),
+    }
+}
+
+#[test]
+fn every_setting_keeps_its_key_and_value() {
+    // `ratelimitd config` as it printed the defaults (and the example file, which states
+    // exactly them) when the configuration was reorganised: operators' files and scripts
+    // rely on these keys.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let recorded: Value =
+        serde_json::from_str(include_str!("fixtures/effective-config.json")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/ratelimitd.example.toml")).unwrap();
+    holds(&effective(None, &[], &[]), &recorded, "config");
+    holds(&effective(Some(&example), &[], &[]), &recorded, "config");
+}
