@@ -5,6 +5,16 @@ use serde::{Deserialize, Serialize};
 use crate::Quota;
 use crate::bucket::Outcome;
 
+/// `d` in whole milliseconds, rounded up: a caller told to wait that long is never early.
+pub fn ceil_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX)
+}
+
+/// `d` in whole seconds, rounded up: a caller told to wait that long is never early.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Which backend made a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

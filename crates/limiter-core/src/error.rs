@@ -189,6 +189,13 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidConfig`]: `reason` names the setting (and never holds a password).
+    pub fn config(reason: impl fmt::Display) -> Self {
+        Self::InvalidConfig {
+            reason: reason.to_string(),
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {

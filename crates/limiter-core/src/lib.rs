@@ -35,14 +35,17 @@ mod decision;
 mod error;
 mod key;
 mod limiter;
+pub mod millis;
+mod partition;
 mod policy;
 mod quota;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use decision::{Backend, Decision};
+pub use decision::{Backend, Decision, ceil_millis, ceil_secs};
 pub use error::{BoxError, Error, ErrorKind};
 pub use key::{ClientKey, ClientKeyHasher, MIN_SECRET_LEN};
 pub use limiter::RateLimiter;
+pub use partition::Partitioned;
 pub use policy::{MAX_QUOTAS, Policy, Tier, TierPolicies};
 pub use quota::{MAX_LEVEL, MAX_PERIOD_US, MAX_TOKENS, MAX_WAIT_US, Quota};
 

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{ClientKey, Decision, Error, Policy};
+use crate::{ClientKey, Decision, Error, Partitioned, Policy};
 
 /// The one interface of every backend: memory, Redis, the fallback, and any a user writes.
 ///
@@ -48,38 +48,12 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// How many parts the backend's keyspace has that become unreachable independently
-    /// (the hash slots of a Redis Cluster, whose masters fail one at a time). A fallback
-    /// keeps one circuit per part, so an outage of one part sends only its clients to the
-    /// fallback. Default 1: the backend is up or down as a whole.
-    fn partitions(&self) -> usize {
-        1
-    }
-
-    /// The part, below [`partitions`](Self::partitions), that holds `key`'s buckets.
-    fn partition_of(&self, key: &ClientKey) -> usize {
-        let _ = key;
-        0
-    }
-
-    /// Whether part `partition` could decide now: one cheap round trip to where it lives.
-    /// Default: [`ping`](Self::ping).
-    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
-        let _ = partition;
-        self.ping().await
-    }
-
-    /// The parts that live where `partition` does (every hash slot of the cluster master
-    /// that owns it), as ranges that include `partition`: when one is unreachable, so are
-    /// the others, and a fallback can send all their clients to memory at once instead of
-    /// each finding out by a failed call. Default: `partition` alone.
-    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
-        #[allow(
-            clippy::single_range_in_vec_init,
-            reason = "one range: the partition alone"
-        )]
-        let alone = vec![partition..partition + 1];
-        alone
+    /// The parts of the backend's keyspace that become unreachable independently (the hash
+    /// slots of a Redis Cluster, whose masters fail one at a time), if it has any: a
+    /// fallback keeps one circuit per part, so an outage of one part sends only its clients
+    /// to the fallback. Default `None`: the backend is up or down as a whole.
+    fn partitioning(&self) -> Option<&dyn Partitioned> {
+        None
     }
 }
 
@@ -107,20 +81,8 @@ macro_rules! forward {
                 (**self).ping().await
             }
 
-            fn partitions(&self) -> usize {
-                (**self).partitions()
-            }
-
-            fn partition_of(&self, key: &ClientKey) -> usize {
-                (**self).partition_of(key)
-            }
-
-            async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
-                (**self).ping_partition(partition).await
-            }
-
-            async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
-                (**self).colocated(partition).await
+            fn partitioning(&self) -> Option<&dyn Partitioned> {
+                (**self).partitioning()
             }
         }
     )+};

@@ -153,10 +153,7 @@ async fn a_primary_that_answers_with_errors_is_an_outage() {
 async fn a_refusing_primary_found_at_start_opens_the_circuit() {
     let (fallback, primary) = setup(config());
     primary.set(BROKEN);
-    let err = fallback
-        .warm_up(Duration::from_millis(100))
-        .await
-        .unwrap_err();
+    let err = fallback.warm_up().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutOfMemory);
     assert_eq!(fallback.state(), CircuitState::Open);
     assert!(fallback.check(&KEY, &policy(), 1).await.unwrap().degraded);
@@ -273,14 +270,18 @@ fn nonsense_settings_are_refused() {
 #[tokio::test(start_paused = true)]
 async fn warm_up_opens_the_circuit_before_any_check_when_the_primary_is_down() {
     let timeout = Duration::from_millis(500);
-    let (fallback, _) = setup(config());
-    fallback.warm_up(timeout).await.unwrap();
+    let with_timeout = FallbackConfig {
+        warm_up: timeout,
+        ..config()
+    };
+    let (fallback, _) = setup(with_timeout);
+    fallback.warm_up().await.unwrap();
     assert_eq!(fallback.state(), CircuitState::Closed);
 
-    let (fallback, primary_down) = setup(config());
+    let (fallback, primary_down) = setup(with_timeout);
     primary_down.set(HANG);
     let started = tokio::time::Instant::now();
-    assert!(fallback.warm_up(timeout).await.unwrap_err().is_timeout());
+    assert!(fallback.warm_up().await.unwrap_err().is_timeout());
     assert_eq!(
         started.elapsed(),
         timeout,

@@ -38,6 +38,7 @@ async fn fallback(url: &str) -> Arc<Limiter> {
         probe_interval: PROBE,
         outage: OutagePolicy::Fallback,
         expected_workers: 1,
+        ..FallbackConfig::default()
     };
     Arc::new(
         Fallback::new(

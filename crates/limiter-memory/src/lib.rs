@@ -30,8 +30,6 @@
 //! thread is needed; [`MemoryLimiter::purge_idle`] reclaims every idle bucket at once for
 //! callers who want memory back on a timer.
 
-mod deny;
-
 use std::fmt;
 
 use async_trait::async_trait;
@@ -42,8 +40,6 @@ use limiter_core::{
     RateLimiter,
 };
 use parking_lot::Mutex;
-
-pub use deny::DenyCache;
 
 /// Settings of a [`MemoryLimiter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

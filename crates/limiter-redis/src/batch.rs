@@ -15,7 +15,9 @@ use limiter_core::{Error, ErrorKind};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::{BACKEND, Call, Inner};
+use crate::BACKEND;
+use crate::connection::Inner;
+use crate::script::Call;
 
 /// Most checks a connection's queue holds. Callers are bounded by their own deadline; this
 /// bounds the memory of a queue whose connection hangs.
@@ -46,7 +48,7 @@ struct Job {
 /// Runs `call` on the next connection in turn: at once if the connection is idle, else in
 /// its next batch.
 pub(crate) async fn run(inner: &Arc<Inner>, call: Call) -> Reply {
-    let lane = inner.next_slot();
+    let lane = inner.next_connection();
     let turn = {
         let mut state = inner.lanes[lane].state.lock();
         if state.busy {
@@ -189,7 +191,7 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
     let result = tokio::select! {
         biased;
         () = every_caller_gone(jobs) => None,
-        result = inner.eval(&mut conn, &call) => Some(result),
+        result = call.eval(&mut conn, inner.sha()) => Some(result),
     };
     match result {
         // Every caller's deadline passed: a call this slow means a connection stuck behind a

@@ -11,12 +11,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
+use limiter_fallback::DenyCache;
 use limiter_fallback::{Fallback, OutagePolicy};
 use limiter_http::{
     ApiKeyOrIp, ApiKeys, ClientIp, ForwardedHeader, OnError, RateLimitInfo, RateLimitLayer,
     UnknownKey,
 };
-use limiter_memory::{DenyCache, MemoryConfig, MemoryLimiter};
+use limiter_memory::{MemoryConfig, MemoryLimiter};
 use limiter_redis::{RedisConfig, RedisLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -24,9 +25,6 @@ use serde_json::json;
 use crate::config::{Config, ConfigError, ForwardedHeaderName, UnknownKeys, http_header_name};
 use crate::problem::Problem;
 use crate::{check, health, telemetry};
-
-/// Longest start-up wait for Redis to answer on every connection.
-const WARM_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Redis first, memory when Redis is unavailable.
 pub(crate) type RedisFallback = Fallback<RedisLimiter, Arc<MemoryLimiter>>;
@@ -189,7 +187,7 @@ impl App {
     pub async fn start(&self) {
         if let Backend::Redis(fallback, _) = &self.state.backend {
             // Opening every connection may take longer than one check's deadline.
-            match fallback.warm_up(WARM_UP_TIMEOUT).await {
+            match fallback.warm_up().await {
                 Ok(()) => tracing::info!("redis answered"),
                 Err(e) => {
                     tracing::warn!(error = %e, "redis unavailable at start: serving from memory until it answers")

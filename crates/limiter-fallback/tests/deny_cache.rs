@@ -8,7 +8,8 @@ use std::time::Duration;
 use limiter_core::{
     ClientKey, Decision, Error, ManualClock, Policy, Quota, RateLimiter, async_trait,
 };
-use limiter_memory::{DenyCache, MemoryConfig, MemoryLimiter};
+use limiter_fallback::DenyCache;
+use limiter_memory::{MemoryConfig, MemoryLimiter};
 use proptest::prelude::*;
 
 #[derive(Debug)]

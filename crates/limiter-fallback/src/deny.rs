@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hashbrown::HashMap;
-use limiter_core::{ClientKey, Clock, Decision, Error, MonotonicClock, Policy, RateLimiter};
+use limiter_core::{
+    ClientKey, Clock, Decision, Error, MonotonicClock, Partitioned, Policy, RateLimiter,
+};
 use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
@@ -26,7 +28,8 @@ const SHARDS: usize = 16;
 ///
 /// ```
 /// use limiter_core::{ClientKey, Policy, Quota, RateLimiter};
-/// use limiter_memory::{DenyCache, MemoryConfig, MemoryLimiter};
+/// use limiter_fallback::DenyCache;
+/// use limiter_memory::{MemoryConfig, MemoryLimiter};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), limiter_core::Error> {
@@ -202,20 +205,8 @@ impl<L: RateLimiter, C: Clock> RateLimiter for DenyCache<L, C> {
         self.inner.ping().await
     }
 
-    fn partitions(&self) -> usize {
-        self.inner.partitions()
-    }
-
-    fn partition_of(&self, key: &ClientKey) -> usize {
-        self.inner.partition_of(key)
-    }
-
-    async fn ping_partition(&self, partition: usize) -> Result<(), Error> {
-        self.inner.ping_partition(partition).await
-    }
-
-    async fn colocated(&self, partition: usize) -> Vec<std::ops::Range<usize>> {
-        self.inner.colocated(partition).await
+    fn partitioning(&self) -> Option<&dyn Partitioned> {
+        self.inner.partitioning()
     }
 }
 

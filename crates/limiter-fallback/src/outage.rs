@@ -1,0 +1,113 @@
+//! What a check gets while the primary cannot decide: the outage policy, on this worker's
+//! share of the limit.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
+use parking_lot::RwLock;
+
+use crate::{Inner, OutagePolicy};
+
+/// Fleet-share policies kept before the cache starts over.
+const MAX_CACHED_SHARES: usize = 1_024;
+
+/// Fleet-share policies by the id of the policy they divide.
+#[derive(Debug, Default)]
+pub(crate) struct Shares(RwLock<HashMap<u64, Arc<Policy>>>);
+
+impl<P, L> Inner<P, L>
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    /// The outage policy's answer to a check the primary cannot decide.
+    pub(crate) async fn degraded(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Result<Decision, Error> {
+        self.counters
+            .degraded_decisions
+            .fetch_add(1, Ordering::Relaxed);
+        let mut decision = match self.config.outage {
+            OutagePolicy::Fallback => {
+                let share = self.share(policy);
+                match self.local.check(key, &share, cost).await {
+                    Ok(d) => d,
+                    // The cost fits the global quota (checked before) but not this worker's
+                    // share of it: memory denies it for now rather than fail a valid request.
+                    Err(e) if e.is_insufficient_capacity() => self.beyond_share(&share, cost),
+                    Err(e) => return Err(e),
+                }
+            }
+            OutagePolicy::Allow => {
+                let refusal = self.refusal(policy);
+                // Nothing was counted: report the bucket as full rather than empty.
+                Decision {
+                    allowed: true,
+                    remaining: refusal.limit,
+                    reset_after: Duration::ZERO,
+                    retry_after: None,
+                    ..refusal
+                }
+            }
+            OutagePolicy::Deny => self.refusal(policy),
+        };
+        decision.degraded = true;
+        Ok(decision)
+    }
+
+    /// Memory's denial of a cost larger than this worker's share of a quota can hold: it
+    /// cannot pass here until the primary is back, so retry after one probe interval.
+    fn beyond_share(&self, share: &Policy, cost: u64) -> Decision {
+        let quotas = share.quotas();
+        let quota = quotas.iter().position(|q| q.capacity() < cost).unwrap_or(0);
+        Decision {
+            backend: Backend::Memory,
+            limit: quotas.get(quota).map_or(0, Quota::capacity),
+            quota: Some(quota),
+            ..self.refusal(share)
+        }
+    }
+
+    /// A denial without a backend: retry after one probe interval.
+    fn refusal(&self, policy: &Policy) -> Decision {
+        let limit = policy.quotas().first().map_or(0, Quota::capacity);
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_after: self.config.probe_interval,
+            retry_after: Some(self.config.probe_interval),
+            backend: Backend::None,
+            degraded: true,
+            quota: Some(0),
+        }
+    }
+
+    /// This worker's share of `policy` ([`Policy::share`] by the expected workers), computed
+    /// once per policy.
+    pub(crate) fn share(&self, policy: &Policy) -> Arc<Policy> {
+        let Some(workers) = NonZeroU32::new(self.config.expected_workers).filter(|n| n.get() > 1)
+        else {
+            return Arc::new(policy.clone());
+        };
+        if let Some(share) = self.shares.0.read().get(&policy.id()) {
+            return share.clone();
+        }
+        let share = Arc::new(policy.share(workers));
+        let mut shares = self.shares.0.write();
+        // Policies are normally a handful of configured tiers; a caller minting policies per
+        // request must not grow this without bound.
+        if shares.len() >= MAX_CACHED_SHARES {
+            shares.clear();
+        }
+        shares.insert(policy.id(), share.clone());
+        share
+    }
+}
