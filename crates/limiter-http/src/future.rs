@@ -1,23 +1,22 @@
+//! [`ResponseFuture`]: the limit check, then the inner service or an answer written here.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, RETRY_AFTER};
-use http::{Request, Response, StatusCode};
-use limiter_core::{ClientKey, Decision, Error, Tier};
+use http::{Request, Response};
+use limiter_core::{Decision, Error, Tier};
 use pin_project_lite::pin_project;
 use serde_json::Map;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::headers::{problem, too_many_requests};
 use crate::identify::Rejection;
-use crate::layer::{OnError, Shared};
-use crate::service::RateLimitInfo;
-use crate::telemetry;
+use crate::problem::problem;
+use crate::response::{Asked, Verdict, already_served, with_limits};
+use crate::service::Shared;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
@@ -52,10 +51,7 @@ pin_project! {
         Checking {
             check: Check,
             pending: Option<(S, Request<ReqBody>)>,
-            shared: Arc<Shared>,
-            tier: Tier,
-            client: ClientKey,
-            started: Instant,
+            asked: Asked,
         },
         Calling {
             #[pin]
@@ -77,28 +73,13 @@ where
         check: Check,
         inner: S,
         request: Request<ReqBody>,
-        shared: Arc<Shared>,
-        tier: Tier,
-        client: ClientKey,
-        started: Instant,
+        asked: Asked,
     ) -> Self {
         Self {
             state: State::Checking {
                 check,
                 pending: Some((inner, request)),
-                shared,
-                tier,
-                client,
-                started,
-            },
-        }
-    }
-
-    pub(crate) fn calling(future: S::Future) -> Self {
-        Self {
-            state: State::Calling {
-                future,
-                limits: None,
+                asked,
             },
         }
     }
@@ -111,6 +92,31 @@ where
         Self {
             state: State::Answered {
                 response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    /// The state after the check: call the inner service, or answer.
+    fn after(verdict: Verdict, asked: &Asked, pending: Option<(S, Request<ReqBody>)>) -> Self {
+        match (verdict, pending) {
+            (Verdict::Serve { info, decision }, Some((mut inner, mut request))) => {
+                request.extensions_mut().insert(info);
+                State::Calling {
+                    future: inner.call(request),
+                    limits: decision.map(|d| (Arc::clone(&asked.shared), asked.tier, d)),
+                }
+            }
+            (Verdict::Answer(response), _) => State::Answered {
+                response: Some(response),
+            },
+            // Polled again after completion: nothing left to serve.
+            (Verdict::Serve { .. }, None) => State::Answered {
+                response: Some(already_served()),
             },
         }
     }
@@ -129,107 +135,26 @@ where
                 StateProj::Checking {
                     check,
                     pending,
-                    shared,
-                    tier,
-                    client,
-                    started,
+                    asked,
                 } => {
                     let result = match check {
                         Check::Ready(result) => result.take(),
                         Check::Pending(future) => Some(ready!(future.as_mut().poll(cx))),
                     };
-                    let latency = started.elapsed();
-                    let policy = shared.tiers.get(*tier);
-                    let (Some(result), Some((mut inner, mut request))) = (result, pending.take())
-                    else {
-                        // Polled again after completion: nothing left to serve.
-                        let response = problem(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "request already served",
-                            Map::new(),
-                        );
-                        state.set(State::Answered {
-                            response: Some(response),
-                        });
-                        continue;
-                    };
                     let next = match result {
-                        Ok(decision) => {
-                            telemetry::record_decision(*tier, &decision, latency);
-                            if decision.allowed {
-                                request.extensions_mut().insert(RateLimitInfo {
-                                    tier: *tier,
-                                    client: *client,
-                                    decision: Some(decision),
-                                });
-                                State::Calling {
-                                    future: inner.call(request),
-                                    limits: Some((Arc::clone(shared), *tier, decision)),
-                                }
-                            } else {
-                                tracing::debug!(
-                                    target: "limiter_http",
-                                    client = %client,
-                                    tier = %tier,
-                                    retry_after_ms = decision.retry_after.map(|d| d.as_millis()),
-                                    backend = decision.backend.as_str(),
-                                    "rate limited"
-                                );
-                                State::Answered {
-                                    response: Some(too_many_requests(policy, &decision)),
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            telemetry::record_error(*tier, &error, latency);
-                            match shared.on_error {
-                                OnError::Allow => {
-                                    tracing::warn!(target: "limiter_http", %error, client = %client, "rate limiter failed: request let through");
-                                    request.extensions_mut().insert(RateLimitInfo {
-                                        tier: *tier,
-                                        client: *client,
-                                        decision: None,
-                                    });
-                                    State::Calling {
-                                        future: inner.call(request),
-                                        limits: None,
-                                    }
-                                }
-                                OnError::Deny => {
-                                    tracing::warn!(target: "limiter_http", %error, client = %client, "rate limiter failed: request refused");
-                                    let mut response = problem(
-                                        StatusCode::SERVICE_UNAVAILABLE,
-                                        "the rate limiter could not decide; retry shortly",
-                                        Map::new(),
-                                    );
-                                    response
-                                        .headers_mut()
-                                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                                    State::Answered {
-                                        response: Some(response),
-                                    }
-                                }
-                            }
-                        }
+                        Some(result) => State::after(asked.verdict(result), asked, pending.take()),
+                        None => State::Answered {
+                            response: Some(already_served()),
+                        },
                     };
                     state.set(next);
                 }
                 StateProj::Calling { future, limits } => {
                     let response = ready!(future.poll(cx))?;
-                    let (mut parts, body) = response.into_parts();
-                    if let Some((shared, tier, decision)) = limits.take() {
-                        shared.insert_headers(&mut parts.headers, tier, &decision);
-                    }
-                    return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+                    return Poll::Ready(Ok(with_limits(response, limits.take())));
                 }
                 StateProj::Answered { response } => {
-                    let response = response.take().unwrap_or_else(|| {
-                        problem(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "request already served",
-                            Map::new(),
-                        )
-                    });
+                    let response = response.take().unwrap_or_else(already_served);
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
             }

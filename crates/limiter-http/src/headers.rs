@@ -1,13 +1,10 @@
-//! The rate-limit response fields and the problem+json responses.
+//! The rate-limit response fields.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Response, StatusCode};
-use limiter_core::{Decision, Policy};
-use serde_json::{Map, Value, json};
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use limiter_core::{Decision, Policy, ceil_secs};
 
 /// `X-RateLimit-Limit`: the capacity of the reported bucket.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -20,11 +17,6 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10): the state of the reported quota.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// Whole seconds, rounded up: a client told to wait `n` seconds is never early.
-pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
 
 /// The draft's policy name of quota `i`: the policy's name, suffixed with the index when
 /// the policy has several quotas. Policy names are `[A-Za-z0-9_.-]`, safe in an sf-string.
@@ -109,48 +101,10 @@ pub(crate) fn insert_with_policy(
     }
 }
 
-/// An RFC 9457 problem+json response: `type` `about:blank`, the status's reason as
-/// `title`, a `detail`, and any `extra` members.
-pub fn problem(status: StatusCode, detail: &str, extra: Map<String, Value>) -> Response<Bytes> {
-    let mut body = json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Value::Object(members) = &mut body {
-        members.extend(extra);
-    }
-    let mut response = Response::new(Bytes::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
-}
-
-/// The 429 for a denied `decision`: problem+json with the tier, the wait in milliseconds,
-/// and every rate-limit field.
-pub fn too_many_requests(policy: &Policy, decision: &Decision) -> Response<Bytes> {
-    let wait = decision.retry_after.unwrap_or_default();
-    let mut extra = Map::new();
-    extra.insert("policy".into(), policy.name().into());
-    // Rounded up, as Retry-After is: a client that waits this long is not early.
-    let wait_ms = u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
-    extra.insert("retry_after_ms".into(), wait_ms.into());
-    let detail = format!(
-        "rate limit of policy {} exceeded; retry in {} s",
-        policy.name(),
-        ceil_secs(wait)
-    );
-    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &detail, extra);
-    insert_rate_limit_headers(response.headers_mut(), policy, decision);
-    response
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -1,14 +1,14 @@
+//! [`RateLimitLayer`]: the middleware's settings, and the layer that makes the service.
+
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue};
-use limiter_core::{ClientKeyHasher, Decision, RateLimiter, Tier, TierPolicies};
+use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
 use tower_layer::Layer;
 
-use crate::headers::{insert_with_policy, policy_header};
 use crate::identify::{ClientIp, Identify};
-use crate::service::RateLimit;
+use crate::service::{RateLimit, Shared, tier_limits};
 
 /// What a guarded route answers when the limiter cannot decide (an error that is not a
 /// denial; with a `Fallback` backend, outages are decided in memory and never get here).
@@ -45,20 +45,7 @@ pub enum OnError {
 #[derive(Clone)]
 #[must_use]
 pub struct RateLimitLayer {
-    pub(crate) shared: Shared,
-}
-
-/// Everything a guarded request needs, shared by every clone of the service.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) limiter: Arc<dyn RateLimiter>,
-    pub(crate) hasher: ClientKeyHasher,
-    pub(crate) tiers: Arc<TierPolicies>,
-    /// `RateLimit-Policy` of each tier, made once.
-    pub(crate) policy_headers: Arc<[HeaderValue; 4]>,
-    pub(crate) identify: Arc<dyn Identify>,
-    pub(crate) cost: u64,
-    pub(crate) on_error: OnError,
+    shared: Shared,
 }
 
 impl RateLimitLayer {
@@ -66,13 +53,11 @@ impl RateLimitLayer {
     /// default tier policies, clients known by peer address (no trusted proxies), cost 1,
     /// [`OnError::Allow`].
     pub fn new(limiter: Arc<dyn RateLimiter>, hasher: ClientKeyHasher) -> Self {
-        let tiers = TierPolicies::default();
         Self {
             shared: Shared {
                 limiter,
                 hasher,
-                policy_headers: policy_headers(&tiers),
-                tiers: Arc::new(tiers),
+                tiers: tier_limits(&TierPolicies::default()),
                 identify: Arc::new(ClientIp::new()),
                 cost: 1,
                 on_error: OnError::Allow,
@@ -82,8 +67,7 @@ impl RateLimitLayer {
 
     /// The policy of each tier.
     pub fn tiers(mut self, tiers: TierPolicies) -> Self {
-        self.shared.policy_headers = policy_headers(&tiers);
-        self.shared.tiers = Arc::new(tiers);
+        self.shared.tiers = tier_limits(&tiers);
         self
     }
 
@@ -107,44 +91,16 @@ impl RateLimitLayer {
     }
 }
 
-fn policy_headers(tiers: &TierPolicies) -> Arc<[HeaderValue; 4]> {
-    Arc::new(Tier::ALL.map(|tier| policy_header(tiers.get(tier))))
-}
-
-impl Shared {
-    /// Adds the limit headers of `decision` for `tier` to `headers`.
-    pub(crate) fn insert_headers(&self, headers: &mut HeaderMap, tier: Tier, decision: &Decision) {
-        let policy = self.tiers.get(tier);
-        insert_with_policy(
-            headers,
-            policy,
-            &self.policy_headers[tier as usize],
-            decision,
-        );
-    }
-}
-
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit::from_shared(inner, Arc::new(self.shared.clone()))
+        RateLimit::new(inner, Arc::new(self.shared.clone()))
     }
 }
 
 impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.shared.fmt(f)
-    }
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitLayer")
-            .field("limiter", &self.limiter)
-            .field("tiers", &self.tiers)
-            .field("cost", &self.cost)
-            .field("on_error", &self.on_error)
-            .finish_non_exhaustive()
     }
 }

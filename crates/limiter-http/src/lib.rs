@@ -42,6 +42,8 @@ mod future;
 mod headers;
 mod identify;
 mod layer;
+mod problem;
+mod response;
 mod service;
 pub mod telemetry;
 
@@ -49,7 +51,7 @@ pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use headers::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-    insert_rate_limit_headers, problem, too_many_requests,
+    insert_rate_limit_headers,
 };
 pub use identify::{
     ApiKeyOrIp, ApiKeys, ClientIp, DEFAULT_API_KEY_HEADER, DEFAULT_IPV4_PREFIX,
@@ -57,4 +59,5 @@ pub use identify::{
     UnknownKey,
 };
 pub use layer::{OnError, RateLimitLayer};
+pub use problem::{problem, too_many_requests};
 pub use service::{RateLimit, RateLimitInfo};

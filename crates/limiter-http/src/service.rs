@@ -1,14 +1,20 @@
+//! [`RateLimit`], the guarded service, and the state its clones share.
+
+use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
-use limiter_core::{ClientKey, Decision, Tier};
+use http::{HeaderValue, Request, Response};
+use limiter_core::{ClientKey, ClientKeyHasher, Decision, Policy, RateLimiter, Tier, TierPolicies};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::future::{Check, ResponseFuture};
-use crate::layer::Shared;
+use crate::headers::policy_header;
+use crate::identify::Identify;
+use crate::layer::OnError;
+use crate::response::Asked;
 
 /// What the middleware learned about a request, in its extensions for the handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +28,53 @@ pub struct RateLimitInfo {
     pub decision: Option<Decision>,
 }
 
+/// Everything a guarded request needs, shared by every clone of the service.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) hasher: ClientKeyHasher,
+    pub(crate) tiers: Arc<[TierLimits; 4]>,
+    pub(crate) identify: Arc<dyn Identify>,
+    pub(crate) cost: u64,
+    pub(crate) on_error: OnError,
+}
+
+/// A tier's policy and its `RateLimit-Policy` field, made once.
+pub(crate) struct TierLimits {
+    pub(crate) policy: Policy,
+    pub(crate) policy_header: HeaderValue,
+}
+
+/// Each tier's limits, in [`Tier`] order.
+pub(crate) fn tier_limits(tiers: &TierPolicies) -> Arc<[TierLimits; 4]> {
+    Arc::new(Tier::ALL.map(|tier| {
+        let policy = tiers.get(tier).clone();
+        TierLimits {
+            policy_header: policy_header(&policy),
+            policy,
+        }
+    }))
+}
+
+impl Shared {
+    /// `tier`'s limits.
+    pub(crate) fn limits(&self, tier: Tier) -> &TierLimits {
+        &self.tiers[tier as usize]
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let policies: Vec<&Policy> = self.tiers.iter().map(|t| &t.policy).collect();
+        f.debug_struct("RateLimitLayer")
+            .field("limiter", &self.limiter)
+            .field("tiers", &policies)
+            .field("cost", &self.cost)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A service guarded by a rate limit; made by [`RateLimitLayer`](crate::RateLimitLayer).
 #[derive(Clone, Debug)]
 pub struct RateLimit<S> {
@@ -30,7 +83,7 @@ pub struct RateLimit<S> {
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
     }
 
@@ -70,50 +123,38 @@ where
             Ok(identity) => identity,
             Err(rejection) => return ResponseFuture::rejected(&rejection),
         };
+        let request = Request::from_parts(parts, body);
         let tier = identity.tier();
         let client = self.shared.hasher.hash(identity.id());
-        let mut request = Request::from_parts(parts, body);
         // The inner service was driven ready by `poll_ready`; keep that one for this request
         // and leave a fresh clone behind.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-
-        if self.shared.tiers.get(tier).is_unlimited() {
-            let decision = Decision::unlimited();
-            crate::telemetry::record_decision(tier, &decision, std::time::Duration::ZERO);
-            request.extensions_mut().insert(RateLimitInfo {
-                tier,
-                client,
-                decision: Some(decision),
-            });
-            return ResponseFuture::calling(inner.call(request));
-        }
+        let inner = std::mem::replace(&mut self.inner, clone);
 
         let started = Instant::now();
-        let policy = self.shared.tiers.get(tier);
-        let check = match self
-            .shared
-            .limiter
-            .check_now(&client, policy, self.shared.cost)
+        let policy = &self.shared.limits(tier).policy;
+        let check = if policy.is_unlimited() {
+            Check::Ready(Some(Ok(Decision::unlimited())))
+        } else if let Some(result) =
+            self.shared
+                .limiter
+                .check_now(&client, policy, self.shared.cost)
         {
             // In-process backends decide here: no future to box.
-            Some(result) => Check::Ready(Some(result)),
-            None => {
-                let shared = Arc::clone(&self.shared);
-                Check::Pending(Box::pin(async move {
-                    let policy = shared.tiers.get(tier);
-                    shared.limiter.check(&client, policy, shared.cost).await
-                }))
-            }
+            Check::Ready(Some(result))
+        } else {
+            let shared = Arc::clone(&self.shared);
+            Check::Pending(Box::pin(async move {
+                let policy = &shared.limits(tier).policy;
+                shared.limiter.check(&client, policy, shared.cost).await
+            }))
         };
-        ResponseFuture::checking(
-            check,
-            inner,
-            request,
-            Arc::clone(&self.shared),
+        let asked = Asked {
+            shared: Arc::clone(&self.shared),
             tier,
             client,
             started,
-        )
+        };
+        ResponseFuture::checking(check, inner, request, asked)
     }
 }

@@ -1,7 +1,6 @@
-//! Who is asking: the client identity and tier of a request.
+//! Anonymous clients by address: the TCP peer, or the first untrusted hop of the forwarding
+//! header trusted proxies write, keyed by its network.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
@@ -10,94 +9,14 @@ use http::request::Parts;
 use http::{HeaderMap, StatusCode};
 use ipnet::IpNet;
 use limiter_core::Tier;
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
+
+use super::{Identify, Identity, Rejection};
 
 /// Forwarding hops read from `Forwarded` / `X-Forwarded-For`, right to left, at most.
 const MAX_HOPS: usize = 64;
 
-/// The header that carries API keys unless configured otherwise.
-pub const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// A client as the limiter counts it: a raw identifier and the tier whose policy applies.
-///
-/// The identifier is hashed with the deployment secret before it goes anywhere; `Debug`
-/// prints only the tier.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Identity {
-    tier: Tier,
-    id: String,
-}
-
-impl Identity {
-    /// A client known by `id` (an address, a user ID, a hash of an API key) in `tier`.
-    pub fn new(tier: Tier, id: impl Into<String>) -> Self {
-        Self {
-            tier,
-            id: id.into(),
-        }
-    }
-
-    /// The tier whose policy applies.
-    pub fn tier(&self) -> Tier {
-        self.tier
-    }
-
-    /// The raw identifier, to be hashed.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("tier", &self.tier)
-            .field("id", &"<redacted>")
-            .finish()
-    }
-}
-
-/// A request refused before any limit is checked (an unknown API key, no client address):
-/// answered as a problem+json response with this status.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    /// The response status.
-    pub status: StatusCode,
-    /// What the client did wrong, safe to show it (never echoes a credential).
-    pub detail: String,
-}
-
-impl Rejection {
-    /// A rejection with `status` and a `detail` for the client.
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// Tells who sent a request. Implemented for closures
-/// `Fn(&http::request::Parts) -> Result<Identity, Rejection>`, so a custom scheme (a user ID
-/// from a session, a tenant header) is one line.
-pub trait Identify: Send + Sync + 'static {
-    /// The client and tier of the request with these parts.
-    ///
-    /// # Errors
-    /// A [`Rejection`] to answer instead of serving the request.
-    fn identify(&self, request: &Parts) -> Result<Identity, Rejection>;
-}
-
-impl<F> Identify for F
-where
-    F: Fn(&Parts) -> Result<Identity, Rejection> + Send + Sync + 'static,
-{
-    fn identify(&self, request: &Parts) -> Result<Identity, Rejection> {
-        self(request)
-    }
-}
 
 /// Anonymous clients, known by IP address, or by the network it belongs to.
 ///
@@ -138,8 +57,10 @@ pub const DEFAULT_IPV4_PREFIX: u8 = 32;
 /// a subscriber line or host is handed (RFC 6177), inside which it picks any address.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
-/// Which forwarding header the trusted proxies write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which forwarding header the trusted proxies write. In configuration files:
+/// `"x-forwarded-for"` or `"forwarded"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For` (nginx, HAProxy, most cloud load balancers). The default.
     #[default]
@@ -318,172 +239,10 @@ fn parse_node(node: &str) -> Option<IpAddr> {
         .map(canonical)
 }
 
-/// What to do with an API key that is not in the table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum UnknownKey {
-    /// Ignore it: the client is anonymous, known by address. The default.
-    #[default]
-    Anonymous,
-    /// Refuse the request with 401.
-    Reject,
-}
-
-/// API keys and their tiers, stored by SHA-256 only: the table never holds a key in clear.
-///
-/// API keys are long random secrets, so an unkeyed SHA-256 cannot be reversed by guessing
-/// (unlike an IP address); operators can hash keys with `ratelimitd hash-key` without
-/// knowing the deployment's hash secret.
-///
-/// ```
-/// use limiter_core::Tier;
-/// use limiter_http::ApiKeys;
-///
-/// let keys = ApiKeys::new()
-///     .with_hash(&ApiKeys::hash_key("k-premium-0123456789"), Tier::Premium)
-///     .unwrap();
-/// assert_eq!(keys.tier_of("k-premium-0123456789"), Some(Tier::Premium));
-/// assert_eq!(keys.tier_of("k-unknown"), None);
-/// ```
-#[derive(Clone)]
-pub struct ApiKeys {
-    header: HeaderName,
-    tiers: HashMap<[u8; 32], Tier>,
-    unknown: UnknownKey,
-}
-
-/// An API key hash that is not 64 hex digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InvalidKeyHash;
-
-impl fmt::Display for InvalidKeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an API key hash must be 64 hex digits (the SHA-256 of the key)")
-    }
-}
-
-impl std::error::Error for InvalidKeyHash {}
-
-impl Default for ApiKeys {
-    fn default() -> Self {
-        Self {
-            header: DEFAULT_API_KEY_HEADER,
-            tiers: HashMap::new(),
-            unknown: UnknownKey::default(),
-        }
-    }
-}
-
-impl ApiKeys {
-    /// An empty table reading [`DEFAULT_API_KEY_HEADER`].
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The SHA-256 of `key` in lowercase hex: what the table and config files store.
-    pub fn hash_key(key: &str) -> String {
-        hex::encode(Sha256::digest(key.as_bytes()))
-    }
-
-    /// Adds a key by its SHA-256 in hex.
-    ///
-    /// # Errors
-    /// [`InvalidKeyHash`] unless `sha256_hex` is 64 hex digits.
-    pub fn with_hash(mut self, sha256_hex: &str, tier: Tier) -> Result<Self, InvalidKeyHash> {
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(sha256_hex, &mut hash).map_err(|_| InvalidKeyHash)?;
-        self.tiers.insert(hash, tier);
-        Ok(self)
-    }
-
-    /// Reads keys from `header` instead of `X-API-Key`.
-    #[must_use]
-    pub fn header(mut self, header: HeaderName) -> Self {
-        self.header = header;
-        self
-    }
-
-    /// What to do with keys not in the table. Default: [`UnknownKey::Anonymous`].
-    #[must_use]
-    pub fn unknown(mut self, unknown: UnknownKey) -> Self {
-        self.unknown = unknown;
-        self
-    }
-
-    /// Keys in the table.
-    pub fn len(&self) -> usize {
-        self.tiers.len()
-    }
-
-    /// True when the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.tiers.is_empty()
-    }
-
-    /// The tier of a raw key, if the table knows it.
-    pub fn tier_of(&self, key: &str) -> Option<Tier> {
-        self.tiers
-            .get(&<[u8; 32]>::from(Sha256::digest(key.as_bytes())))
-            .copied()
-    }
-}
-
-impl fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKeys")
-            .field("header", &self.header)
-            .field("keys", &self.tiers.len())
-            .field("unknown", &self.unknown)
-            .finish()
-    }
-}
-
-/// The usual scheme: a known API key names the client and its tier; without one (or with
-/// an unknown one, unless configured to reject it) the client is anonymous, known by
-/// address.
-#[derive(Clone, Debug, Default)]
-pub struct ApiKeyOrIp {
-    keys: ApiKeys,
-    ip: ClientIp,
-}
-
-impl ApiKeyOrIp {
-    /// Keys from `keys`, addresses by `ip`.
-    pub fn new(keys: ApiKeys, ip: ClientIp) -> Self {
-        Self { keys, ip }
-    }
-}
-
-impl Identify for ApiKeyOrIp {
-    fn identify(&self, request: &Parts) -> Result<Identity, Rejection> {
-        if let Some(value) = request.headers.get(&self.keys.header) {
-            let hash = <[u8; 32]>::from(Sha256::digest(value.as_bytes()));
-            if let Some(&tier) = self.keys.tiers.get(&hash) {
-                // The key itself goes no further than this digest.
-                return Ok(Identity::new(tier, format!("key:{}", hex::encode(hash))));
-            }
-            if self.keys.unknown == UnknownKey::Reject {
-                return Err(Rejection::new(StatusCode::UNAUTHORIZED, "unknown API key"));
-            }
-        }
-        self.ip.identify(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::parts;
     use super::*;
-
-    fn parts(peer: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut req = http::Request::builder();
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let (mut parts, ()) = req.body(()).unwrap().into_parts();
-        parts
-            .extensions
-            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
-        parts
-    }
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
@@ -577,38 +336,6 @@ mod tests {
         for (v4, v6) in [(0, 64), (33, 64), (32, 0), (32, 129)] {
             assert!(ClientIp::new().key_prefixes(v4, v6).is_err(), "/{v4} /{v6}");
         }
-    }
-
-    #[test]
-    fn unknown_keys_are_anonymous_or_rejected() {
-        let keys = ApiKeys::new()
-            .with_hash(&ApiKeys::hash_key("good-key"), Tier::Premium)
-            .unwrap();
-        let known = parts("198.51.100.7:1", &[("x-api-key", "good-key")]);
-        let unknown = parts("198.51.100.7:1", &[("x-api-key", "bad-key")]);
-        let lenient = ApiKeyOrIp::new(keys.clone(), ClientIp::new());
-        assert_eq!(lenient.identify(&known).unwrap().tier(), Tier::Premium);
-        let anon = lenient.identify(&unknown).unwrap();
-        assert_eq!(anon.tier(), Tier::Anonymous);
-        assert_eq!(anon.id(), "ip:198.51.100.7");
-        let strict = ApiKeyOrIp::new(keys.unknown(UnknownKey::Reject), ClientIp::new());
-        assert_eq!(
-            strict.identify(&unknown).unwrap_err().status,
-            StatusCode::UNAUTHORIZED
-        );
-    }
-
-    #[test]
-    fn key_identity_holds_only_the_digest() {
-        let keys = ApiKeys::new()
-            .with_hash(&ApiKeys::hash_key("secret-key-123"), Tier::ApiKey)
-            .unwrap();
-        let who = ApiKeyOrIp::new(keys, ClientIp::new())
-            .identify(&parts("198.51.100.7:1", &[("x-api-key", "secret-key-123")]))
-            .unwrap();
-        assert!(!who.id().contains("secret-key-123"));
-        assert!(!format!("{who:?}").contains("secret"));
-        assert!(ApiKeys::new().with_hash("abc", Tier::ApiKey).is_err());
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! From a check's result to what the client gets: the whole policy of the middleware in one
+//! place. Allowed: the inner service answers, with the limit headers. Denied: a 429. The
+//! limiter could not decide: served without headers, or a 503, as configured.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use limiter_core::{Backend, ClientKey, Decision, Error, Tier};
+use serde_json::Map;
+
+use crate::body::ResponseBody;
+use crate::headers::insert_with_policy;
+use crate::layer::OnError;
+use crate::problem::{problem, too_many_requests_body};
+use crate::service::{RateLimitInfo, Shared};
+use crate::telemetry;
+
+/// Who asked, and since when: what the answer is made with.
+pub(crate) struct Asked {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tier: Tier,
+    pub(crate) client: ClientKey,
+    pub(crate) started: Instant,
+}
+
+/// What to do with a request once its check is decided.
+pub(crate) enum Verdict {
+    /// Call the inner service with `info` in the request's extensions; add the limit
+    /// headers of `decision` to its response.
+    Serve {
+        info: RateLimitInfo,
+        decision: Option<Decision>,
+    },
+    /// Answer with this response instead.
+    Answer(Response<Bytes>),
+}
+
+impl Asked {
+    /// The verdict on `result`, recorded in the metrics and, when denied or failed, the log.
+    pub(crate) fn verdict(&self, result: Result<Decision, Error>) -> Verdict {
+        let (shared, tier, client) = (&self.shared, self.tier, self.client);
+        match result {
+            Ok(decision) => {
+                // No backend asked (an unlimited tier), no latency to record.
+                let latency = if decision.backend == Backend::None {
+                    Duration::ZERO
+                } else {
+                    self.started.elapsed()
+                };
+                telemetry::record_decision(tier, &decision, latency);
+                if decision.allowed {
+                    return self.serve(Some(decision));
+                }
+                tracing::debug!(
+                    target: "limiter_http",
+                    %client,
+                    %tier,
+                    retry_after_ms = decision.retry_after.map(|d| d.as_millis()),
+                    backend = decision.backend.as_str(),
+                    "rate limited"
+                );
+                let limits = shared.limits(tier);
+                let mut response = too_many_requests_body(&limits.policy, &decision);
+                let headers = response.headers_mut();
+                insert_with_policy(headers, &limits.policy, &limits.policy_header, &decision);
+                Verdict::Answer(response)
+            }
+            Err(error) => {
+                telemetry::record_error(tier, &error, self.started.elapsed());
+                match shared.on_error {
+                    OnError::Allow => {
+                        tracing::warn!(target: "limiter_http", %error, %client, "rate limiter failed: request let through");
+                        self.serve(None)
+                    }
+                    OnError::Deny => {
+                        tracing::warn!(target: "limiter_http", %error, %client, "rate limiter failed: request refused");
+                        Verdict::Answer(unavailable())
+                    }
+                }
+            }
+        }
+    }
+
+    fn serve(&self, decision: Option<Decision>) -> Verdict {
+        Verdict::Serve {
+            info: RateLimitInfo {
+                tier: self.tier,
+                client: self.client,
+                decision,
+            },
+            decision,
+        }
+    }
+}
+
+/// The inner service's `response` with the limit headers of `decision`, if any.
+pub(crate) fn with_limits<B>(
+    response: Response<B>,
+    limits: Option<(Arc<Shared>, Tier, Decision)>,
+) -> Response<ResponseBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    if let Some((shared, tier, decision)) = limits {
+        let limits = shared.limits(tier);
+        insert_with_policy(
+            &mut parts.headers,
+            &limits.policy,
+            &limits.policy_header,
+            &decision,
+        );
+    }
+    Response::from_parts(parts, ResponseBody::inner(body))
+}
+
+/// The limiter could not decide and is configured to refuse: 503, retry in a second.
+fn unavailable() -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the rate limiter could not decide; retry shortly",
+        Map::new(),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// What a future polled after it completed answers.
+pub(crate) fn already_served() -> Response<Bytes> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "request already served",
+        Map::new(),
+    )
+}
