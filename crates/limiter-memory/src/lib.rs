@@ -40,9 +40,12 @@ use limiter_core::{
     RateLimiter,
 };
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
-/// Settings of a [`MemoryLimiter`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Settings of a [`MemoryLimiter`]: plain serde data an application embeds (`ratelimitd`'s
+/// `[memory]` section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Most buckets tracked at once: one per client, policy and quota. Each costs 32 bytes
     /// plus hash-table slack (at most 76 bytes in all), so the default of 1,000,000 bounds the
@@ -55,6 +58,19 @@ impl Default for MemoryConfig {
         Self {
             max_buckets: 1_000_000,
         }
+    }
+}
+
+impl MemoryConfig {
+    /// Checks the settings, naming the key as a `[memory]` section of a file would.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `max_buckets` is zero: such a store could decide nothing.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_buckets == 0 {
+            return Err(Error::config("memory.max_buckets must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -94,12 +110,8 @@ impl<C: Clock> MemoryLimiter<C> {
     /// # Errors
     /// As for [`MemoryLimiter::new`].
     pub fn with_clock(config: MemoryConfig, clock: C) -> Result<Self, Error> {
+        config.validate()?;
         let max = config.max_buckets;
-        if max == 0 {
-            return Err(Error::InvalidConfig {
-                reason: "max_buckets must be at least 1".to_owned(),
-            });
-        }
         let wanted = (max / MIN_SHARD_CAP).clamp(1, MAX_SHARDS);
         // Largest power of two not above `wanted`.
         let shard_bits = usize::BITS - 1 - wanted.leading_zeros();

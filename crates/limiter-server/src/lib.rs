@@ -5,14 +5,15 @@
 //! are the probes. See [`Config`] for every setting and `docs/ratelimitd.md` for the API.
 
 mod app;
-mod check;
 pub mod config;
-mod health;
 mod problem;
+mod routes;
 pub mod serve;
+mod state;
 pub mod telemetry;
 
-pub use app::{App, AppState};
-pub use check::MAX_CLIENT_LEN;
+pub use app::App;
 pub use config::{Cli, Command, Config, ConfigError, HttpSection, LogFormat};
+pub use routes::MAX_CLIENT_LEN;
 pub use serve::{HttpLimits, serve};
+pub use state::AppState;

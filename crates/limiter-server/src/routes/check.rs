@@ -1,5 +1,6 @@
 //! `POST /v1/check`: a decision for any service, in any language.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -9,12 +10,12 @@ use axum::http::StatusCode;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use http_body_util::LengthLimitError;
-use limiter_core::{Decision, Error, Tier, bucket};
+use limiter_core::{Decision, Error, Tier, ceil_millis};
 use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 
-use crate::app::AppState;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// Longest client ID accepted, in bytes.
 pub const MAX_CLIENT_LEN: usize = 1024;
@@ -31,8 +32,9 @@ struct CheckRequest {
     /// A string, parsed by hand so an unknown tier is not echoed back.
     #[serde(default)]
     tier: Option<String>,
+    /// Parsed as non-zero: a zero cost is malformed input, refused with the field's name.
     #[serde(default)]
-    cost: Option<u64>,
+    cost: Option<NonZeroU64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,12 +51,6 @@ pub(crate) struct CheckResponse {
     tier: Tier,
 }
 
-/// Milliseconds, rounded up: a caller told to wait is never early.
-fn ceil_ms(d: Duration) -> u64 {
-    let ms = d.as_micros().div_ceil(1000);
-    u64::try_from(ms).unwrap_or(u64::MAX)
-}
-
 impl CheckResponse {
     fn new(tier: Tier, d: &Decision) -> Self {
         let unlimited = d.quota.is_none();
@@ -62,8 +58,8 @@ impl CheckResponse {
             allowed: d.allowed,
             limit: (!unlimited).then_some(d.limit),
             remaining: (!unlimited).then_some(d.remaining),
-            reset_after_ms: ceil_ms(d.reset_after),
-            retry_after_ms: d.retry_after.map(ceil_ms),
+            reset_after_ms: ceil_millis(d.reset_after),
+            retry_after_ms: d.retry_after.map(ceil_millis),
             backend: d.backend.as_str(),
             degraded: d.degraded,
             tier,
@@ -140,14 +136,8 @@ async fn decide(
             .parse::<Tier>()
             .map_err(|e| Problem::bad_request(format!("tier: {e}")))?,
     };
-    let cost = req.cost.unwrap_or(1);
+    let cost = req.cost.map_or(1, NonZeroU64::get);
     let policy = state.tiers.get(tier);
-    if cost == 0 {
-        return Err(Problem::bad_request("cost: must be at least 1"));
-    }
-    if !policy.is_unlimited() {
-        bucket::validate(policy.quotas(), cost).map_err(|e| cost_problem(tier, &e))?;
-    }
 
     let key = state
         .hasher

@@ -1,93 +1,38 @@
 //! `ratelimitd`'s configuration: command-line flags over `RATELIMIT_*` environment variables
 //! over a TOML file over built-in defaults.
+//!
+//! The libraries' own serde configurations are embedded as they are (`[memory]`, `[redis]`,
+//! `[fallback]`, the identity's enums): their constructors and validators are the only ones
+//! that judge them. This module keeps the rules that span settings.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use axum::http::HeaderName;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
-use limiter_core::{MIN_SECRET_LEN, Tier, TierPolicies};
+use limiter_core::Error;
+use limiter_core::{ClientKeyHasher, Tier, TierPolicies};
 use limiter_fallback::FallbackConfig;
+use limiter_http::{
+    ApiKeyOrIp, ApiKeys, ClientIp, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX, ForwardedHeader,
+    UnknownKey,
+};
+use limiter_memory::MemoryConfig;
+use limiter_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
+
+mod cli;
+mod http;
+
+pub use cli::{Cli, Command, LogFormat};
+pub use http::HttpSection;
 
 /// Prefix of every environment variable the service reads.
 pub const ENV_PREFIX: &str = "RATELIMIT_";
-
-/// The command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "ratelimitd",
-    version,
-    about = "A distributed rate limiter as an HTTP service"
-)]
-pub struct Cli {
-    /// Address to listen on [env: RATELIMIT_LISTEN] [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Redis shared by every worker; unset: in-memory only [env: RATELIMIT_REDIS_URL]
-    #[arg(long, value_name = "URL")]
-    pub redis_url: Option<String>,
-    /// TOML configuration file
-    #[arg(long, value_name = "FILE", env = "RATELIMIT_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Secret for hashing client IDs, the same on every worker; required with a Redis URL
-    /// [env: RATELIMIT_HASH_SECRET]
-    #[arg(long, value_name = "SECRET")]
-    pub hash_secret: Option<String>,
-    /// Log format [env: RATELIMIT_LOG_FORMAT] [default: text]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// What to do instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// Subcommands: tools for operators.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Print the effective configuration as JSON (secrets redacted) and exit.
-    Config,
-    /// Read an API key from standard input and print its SHA-256, for `[[api_keys]]`.
-    HashKey,
-}
-
-/// How logs are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per event.
-    Json,
-}
-
-/// The forwarding header trusted proxies write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ForwardedHeaderName {
-    /// `X-Forwarded-For`.
-    #[default]
-    XForwardedFor,
-    /// `Forwarded` (RFC 7239).
-    Forwarded,
-}
-
-/// What to do with an API key that is not in the table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownKeys {
-    /// Treat the client as anonymous, known by address.
-    #[default]
-    Anonymous,
-    /// Answer 401.
-    Reject,
-}
 
 /// One API key, stored by its SHA-256 (`ratelimitd hash-key` prints it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,76 +45,6 @@ pub struct ApiKeyEntry {
     pub sha256: String,
     /// The key's tier.
     pub tier: Tier,
-}
-
-/// The in-memory limiter (the whole backend without Redis; the fallback with it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MemorySection {
-    /// Most buckets tracked at once (one per client, tier and quota). Default 1,000,000.
-    pub max_buckets: usize,
-}
-
-impl Default for MemorySection {
-    fn default() -> Self {
-        Self {
-            max_buckets: 1_000_000,
-        }
-    }
-}
-
-/// The Redis connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisSection {
-    /// Multiplexed connections kept open. Default 4.
-    pub connections: usize,
-    /// Most checks sent in one script call; 1 sends each check on its own. Default 64.
-    pub max_batch: usize,
-    /// Longest wait to open a connection, in ms. Default 250.
-    pub connect_timeout_ms: u64,
-    /// Longest wait for a reply, in ms. Default 250.
-    pub response_timeout_ms: u64,
-}
-
-impl Default for RedisSection {
-    fn default() -> Self {
-        Self {
-            connections: 4,
-            max_batch: 64,
-            connect_timeout_ms: 250,
-            response_timeout_ms: 250,
-        }
-    }
-}
-
-/// The HTTP server's limits on what a client may hold: each a bound on a slow or idle client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpSection {
-    /// Longest time from a request's first byte (a connection's opening, for its first
-    /// request) until its header is complete, in ms. Default 5,000.
-    pub header_read_timeout_ms: u64,
-    /// Longest time to receive a request's whole body once its header is in, in ms.
-    /// Default 10,000.
-    pub body_read_timeout_ms: u64,
-    /// Longest time a kept-alive connection may wait for its next request, in ms. Default
-    /// 75,000: longer than the 60 s idle timeout of common load balancers, so the balancer
-    /// closes first and never sends on a connection this server is closing.
-    pub keep_alive_timeout_ms: u64,
-    /// Most connections open at once; one more is answered 503 and closed. Default 10,000.
-    pub max_connections: usize,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        Self {
-            header_read_timeout_ms: 5_000,
-            body_read_timeout_ms: 10_000,
-            keep_alive_timeout_ms: 75_000,
-            max_connections: 10_000,
-        }
-    }
 }
 
 /// Everything `ratelimitd` can be told. Field names are the TOML keys; environment
@@ -193,7 +68,7 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// The forwarding header trusted proxies write: `x-forwarded-for` (default) or
     /// `forwarded`. The other is never read.
-    pub forwarded_header: ForwardedHeaderName,
+    pub forwarded_header: ForwardedHeader,
     /// Anonymous IPv4 clients are known by their network of this many bits. Default 32.
     pub ipv4_prefix: u8,
     /// Anonymous IPv6 clients are known by their network of this many bits. Default 64 (the
@@ -202,7 +77,7 @@ pub struct Config {
     /// Header carrying API keys. Default `x-api-key`.
     pub api_key_header: String,
     /// What an unknown API key gets: `anonymous` (default) or `reject` (401).
-    pub unknown_api_keys: UnknownKeys,
+    pub unknown_api_keys: UnknownKey,
     /// Known API keys, by SHA-256.
     pub api_keys: Vec<ApiKeyEntry>,
     /// After SIGTERM: how long readiness says `draining` before the listener closes, so
@@ -214,9 +89,9 @@ pub struct Config {
     /// The policy of each tier; a tier not given keeps its default.
     pub tiers: TierPolicies,
     /// The in-memory limiter.
-    pub memory: MemorySection,
-    /// The Redis connections.
-    pub redis: RedisSection,
+    pub memory: MemoryConfig,
+    /// The Redis connections (the URL is `redis_url`).
+    pub redis: RedisConfig,
     /// Redis deadline, probing, and what to answer while Redis is unavailable.
     pub fallback: FallbackConfig,
     /// Timeouts and the connection cap of the HTTP server.
@@ -232,17 +107,17 @@ impl Default for Config {
             log_format: LogFormat::Text,
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
-            forwarded_header: ForwardedHeaderName::XForwardedFor,
-            ipv4_prefix: limiter_http::DEFAULT_IPV4_PREFIX,
-            ipv6_prefix: limiter_http::DEFAULT_IPV6_PREFIX,
+            forwarded_header: ForwardedHeader::XForwardedFor,
+            ipv4_prefix: DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             api_key_header: "x-api-key".to_owned(),
-            unknown_api_keys: UnknownKeys::Anonymous,
+            unknown_api_keys: UnknownKey::Anonymous,
             api_keys: Vec::new(),
             deny_cache_entries: 100_000,
             shutdown_grace_ms: 2_000,
             tiers: TierPolicies::default(),
-            memory: MemorySection::default(),
-            redis: RedisSection::default(),
+            memory: MemoryConfig::default(),
+            redis: RedisConfig::default(),
             fallback: FallbackConfig::default(),
             http: HttpSection::default(),
         }
@@ -267,6 +142,16 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A library's refusal of its settings, whose message names the key.
+impl From<Error> for ConfigError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidConfig { reason } => Self(reason),
+            other => Self(other.to_string()),
+        }
+    }
+}
 
 impl ConfigError {
     /// An error about `field`.
@@ -341,12 +226,30 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot: each library's settings by its own validator, the
+    /// identity and the secret by building them, and the rules that span settings.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match (&self.redis_url, &self.hash_secret) {
+        self.hasher()?;
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
+        }
+        self.identity()?;
+        self.memory.validate()?;
+        self.redis.validate()?;
+        self.fallback.validate()?;
+        self.http.validate()
+    }
+
+    /// The client-ID hasher: the configured secret, or without Redis a random one (a single
+    /// in-memory process has nobody to agree with).
+    ///
+    /// # Errors
+    /// No secret with a Redis URL, or one the hasher refuses (under 16 bytes).
+    pub(crate) fn hasher(&self) -> Result<ClientKeyHasher, ConfigError> {
+        let secret = match (&self.redis_url, &self.hash_secret) {
             (Some(_), None) => {
                 return Err(ConfigError::field(
                     "hash_secret",
@@ -354,93 +257,39 @@ impl Config {
                      every worker must hash client IDs with the same secret",
                 ));
             }
-            (_, Some(secret)) if secret.len() < MIN_SECRET_LEN => {
-                return Err(ConfigError::field(
-                    "hash_secret",
-                    format_args!("must be at least {MIN_SECRET_LEN} bytes"),
-                ));
-            }
-            _ => {}
-        }
-        if self.max_body_bytes == 0 {
-            return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
-        }
-        if http_header_name(&self.api_key_header).is_none() {
-            return Err(ConfigError::field(
-                "api_key_header",
-                "must be a valid HTTP header name",
-            ));
-        }
-        for (i, key) in self.api_keys.iter().enumerate() {
-            let hex_ok =
-                key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit());
-            if !hex_ok {
-                return Err(ConfigError::field(
+            (_, Some(secret)) => secret.as_bytes().to_vec(),
+            (None, None) => random_secret()?,
+        };
+        ClientKeyHasher::new(&secret).map_err(|e| ConfigError::field("hash_secret", e))
+    }
+
+    /// Who a client is on the guarded routes: an API key from the table, else its address.
+    ///
+    /// # Errors
+    /// A header name, key hash or prefix length the identity's constructors refuse.
+    pub(crate) fn identity(&self) -> Result<ApiKeyOrIp, ConfigError> {
+        let header = HeaderName::try_from(self.api_key_header.as_str()).map_err(|_| {
+            ConfigError::field("api_key_header", "must be a valid HTTP header name")
+        })?;
+        let mut keys = ApiKeys::new().unknown(self.unknown_api_keys).header(header);
+        for (i, entry) in self.api_keys.iter().enumerate() {
+            keys = keys.with_hash(&entry.sha256, entry.tier).map_err(|e| {
+                ConfigError::field(
                     &format!("api_keys[{i}].sha256"),
-                    "must be 64 hex digits, the SHA-256 of the key (ratelimitd hash-key prints it)",
-                ));
-            }
+                    format_args!("{e} (ratelimitd hash-key prints it)"),
+                )
+            })?;
         }
-        for (field, bits, max) in [
-            ("ipv4_prefix", self.ipv4_prefix, 32),
-            ("ipv6_prefix", self.ipv6_prefix, 128),
-        ] {
-            if !(1..=max).contains(&bits) {
-                return Err(ConfigError::field(
-                    field,
-                    format_args!("must be 1 to {max} bits"),
-                ));
-            }
-        }
-        if self.http.max_connections == 0 {
-            return Err(ConfigError::field(
-                "http.max_connections",
-                "must be at least 1",
-            ));
-        }
-        if self.memory.max_buckets == 0 {
-            return Err(ConfigError::field(
-                "memory.max_buckets",
-                "must be at least 1",
-            ));
-        }
-        for (field, n) in [
-            ("redis.connections", self.redis.connections),
-            ("redis.max_batch", self.redis.max_batch),
-        ] {
-            if n == 0 {
-                return Err(ConfigError::field(field, "must be at least 1"));
-            }
-        }
-        for (field, ms) in [
-            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
-            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
-            (
-                "http.header_read_timeout_ms",
-                self.http.header_read_timeout_ms,
-            ),
-            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
-            (
-                "http.keep_alive_timeout_ms",
-                self.http.keep_alive_timeout_ms,
-            ),
-            ("fallback.deadline_ms", duration_ms(self.fallback.deadline)),
-            (
-                "fallback.probe_interval_ms",
-                duration_ms(self.fallback.probe_interval),
-            ),
-        ] {
-            if ms == 0 {
-                return Err(ConfigError::field(field, "must be at least 1 ms"));
-            }
-        }
-        if self.fallback.expected_workers == 0 {
-            return Err(ConfigError::field(
-                "fallback.expected_workers",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        // The IPv4 length with a valid IPv6 one first, so the error names the one that is
+        // wrong.
+        let addresses = ClientIp::new()
+            .trust_proxies(self.trusted_proxies.iter().copied())
+            .forwarded_header(self.forwarded_header)
+            .key_prefixes(self.ipv4_prefix, DEFAULT_IPV6_PREFIX)
+            .map_err(|e| ConfigError::field("ipv4_prefix", format_args!("{e}: 1 to 32 bits")))?
+            .key_prefixes(self.ipv4_prefix, self.ipv6_prefix)
+            .map_err(|e| ConfigError::field("ipv6_prefix", format_args!("{e}: 1 to 128 bits")))?;
+        Ok(ApiKeyOrIp::new(keys, addresses))
     }
 
     /// The configuration as JSON with the hash secret and any Redis password replaced.
@@ -458,12 +307,16 @@ impl Config {
     }
 }
 
-pub(crate) fn http_header_name(name: &str) -> Option<axum::http::HeaderName> {
-    axum::http::HeaderName::try_from(name).ok()
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// A random secret for a process that shares its buckets with nobody.
+fn random_secret() -> Result<Vec<u8>, ConfigError> {
+    let mut secret = vec![0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| {
+        ConfigError::field(
+            "hash_secret",
+            format_args!("none given and none could be made: {e}"),
+        )
+    })?;
+    Ok(secret)
 }
 
 fn checked_file(path: &Path) -> Result<&Path, ConfigError> {
@@ -504,6 +357,10 @@ fn describe(error: &figment::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {

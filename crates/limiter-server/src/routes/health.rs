@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use limiter_fallback::CircuitState;
 use serde_json::{Value, json};
 
-use crate::app::{AppState, Backend};
+use crate::state::{AppState, Backend};
 
 /// The process is up and answering.
 pub(crate) async fn live() -> Response {
