@@ -21,15 +21,10 @@ use std::time::{Duration, Instant};
 use limiter_core::{Backend, ClientKeyHasher, Policy, Quota, RateLimiter};
 use limiter_fallback::{CircuitState, Fallback, FallbackConfig};
 use limiter_memory::{MemoryConfig, MemoryLimiter};
-use limiter_redis::redis;
 use limiter_redis::{RedisConfig, RedisLimiter};
-use testcontainers::core::IntoContainerPort;
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, ImageExt};
+use limiter_test_support::{HELP, TestRedis};
+use testcontainers::ContainerAsync;
 use testcontainers_modules::redis::Redis;
-
-const HELP: &str = "these tests need Docker with the redis:7 image: install Docker \
-    (apt-get install docker.io), start it and run scripts/images.sh";
 const DEADLINE: Duration = Duration::from_millis(50);
 const PROBE: Duration = Duration::from_millis(250);
 /// How far past the deadline a check may return: the issue's bound. Measured here over
@@ -43,34 +38,35 @@ const TASKS: usize = 64;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Target {
-    container: ContainerAsync<Redis>,
+    redis: TestRedis,
     port: u16,
 }
 
 impl Target {
     /// A container on a fixed host port, so the address survives a stop and start.
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
+        let redis = TestRedis::container_on_fixed_port().await;
+        let port = redis
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
             .unwrap();
-        let container = Redis::default()
-            .with_tag("7")
-            .with_mapped_port(port, 6379.tcp())
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("cannot start a redis:7 container ({e}); {HELP}"));
-        Self { container, port }
+        Self { redis, port }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.redis.url.clone()
+    }
+
+    fn container(&self) -> &ContainerAsync<Redis> {
+        self.redis.container_handle()
     }
 
     fn docker(&self, args: &[&str]) {
         let out = Command::new("docker")
             .args(args)
-            .arg(self.container.id())
+            .arg(self.container().id())
             .output()
             .unwrap_or_else(|e| panic!("docker: {e}; {HELP}"));
         assert!(
@@ -82,19 +78,7 @@ impl Target {
 
     /// Waits until Redis answers PING on a fresh connection; returns when it did.
     async fn until_ready(&self) -> Instant {
-        let client = redis::Client::open(self.url()).unwrap();
-        let give_up = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ping = async {
-                let mut c = client.get_multiplexed_async_connection().await?;
-                redis::cmd("PING").query_async::<String>(&mut c).await
-            };
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), ping).await {
-                return Instant::now();
-            }
-            assert!(Instant::now() < give_up, "Redis did not come back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.redis.until_ready().await
     }
 }
 
@@ -314,10 +298,10 @@ async fn redis_stopped_then_started() {
     scenario(
         "stop",
         async |t| {
-            t.container.stop().await.unwrap();
+            t.container().stop().await.unwrap();
             None
         },
-        async |t, _| t.container.start().await.unwrap(),
+        async |t, _| t.container().start().await.unwrap(),
     )
     .await;
 }
@@ -327,10 +311,10 @@ async fn redis_paused_then_resumed() {
     scenario(
         "pause",
         async |t| {
-            t.container.pause().await.unwrap();
+            t.container().pause().await.unwrap();
             None
         },
-        async |t, _| t.container.unpause().await.unwrap(),
+        async |t, _| t.container().unpause().await.unwrap(),
     )
     .await;
 }

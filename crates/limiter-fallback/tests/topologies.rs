@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-#[path = "../../limiter-redis/tests/support/topology.rs"]
-mod topology;
+use limiter_test_support::topology;
 
 use std::collections::HashMap;
 use std::sync::Arc;

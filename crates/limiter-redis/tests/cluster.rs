@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod support;
-#[path = "support/topology.rs"]
-mod topology;
+
+use limiter_test_support::topology;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
-#[path = "../../limiter-redis/tests/support/topology.rs"]
-mod topology;
+use limiter_test_support::topology;
 
 use std::time::{Duration, Instant};
 

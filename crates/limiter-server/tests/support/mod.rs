@@ -1,5 +1,6 @@
 //! Shared by the `ratelimitd` tests: the real binary started as a child process, talked to
-//! over real HTTP, its logs captured; and a real Redis for the fleet.
+//! over real HTTP, its logs captured; and a real Redis for the fleet (from
+//! `limiter-test-support`).
 
 #![allow(
     dead_code,
@@ -19,11 +20,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use testcontainers::core::IntoContainerPort;
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, ImageExt};
-use testcontainers_modules::redis::Redis;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ratelimitd");
 pub const SECRET: &str = "ratelimitd tests: shared secret";
@@ -215,75 +211,8 @@ pub async fn metrics(http: &reqwest::Client, server: &Server) -> String {
     res.text().await.unwrap()
 }
 
-/// A name no other test run uses, so tests can share one Redis.
-pub fn unique(label: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{label}-{}-{nanos}", std::process::id())
-}
-
-pub const HELP: &str = "these tests need a real Redis: install Docker (apt-get install docker.io), \
-    start it and run scripts/images.sh, or set REDIS_URL to a Redis you run";
-
-/// The Redis at `REDIS_URL`, or a new `redis:7` container (removed when dropped).
-pub struct TestRedis {
-    pub url: String,
-    _container: Option<ContainerAsync<Redis>>,
-}
-
-impl TestRedis {
-    /// Calls of `command` (lowercase, as in `INFO commandstats`) so far.
-    pub async fn calls(&self, command: &str) -> u64 {
-        let client = limiter_redis::redis::Client::open(self.url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let stats: String = limiter_redis::redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let prefix = format!("cmdstat_{command}:calls=");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
-    }
-
-    /// Always a new container: for counting the commands one test sends.
-    pub async fn container() -> Self {
-        Self::new_container().await
-    }
-
-    pub async fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL")
-            && !url.is_empty()
-        {
-            return Self {
-                url,
-                _container: None,
-            };
-        }
-        Self::new_container().await
-    }
-
-    async fn new_container() -> Self {
-        let container = Redis::default()
-            .with_tag("7")
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("cannot start a redis:7 container ({e}); {HELP}"));
-        let host = container.get_host().await.expect("container host");
-        let port = container
-            .get_host_port_ipv4(6379.tcp())
-            .await
-            .expect("container port");
-        Self {
-            url: format!("redis://{host}:{port}"),
-            _container: Some(container),
-        }
-    }
-}
+#[allow(unused_imports, reason = "each test file uses a different part")]
+pub use limiter_test_support::{HELP, TestRedis, unique_id as unique};
 
 /// `/health/ready` once it answers 200 (start-up done), as JSON.
 pub async fn ready(http: &reqwest::Client, server: &Server) -> serde_json::Value {

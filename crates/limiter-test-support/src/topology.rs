@@ -5,26 +5,14 @@
 //! The script installs Debian's redis-server when it is missing; if that cannot be done the
 //! test fails and says so: nothing is skipped.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    reason = "each test file uses a different part"
-)]
-#![allow(
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test support: a failure must stop the test and say what to install"
-)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub const HELP: &str = "these tests start redis-server processes: install Debian's redis-server \
-    and redis-tools (apt-get install redis-server redis-tools), or run them as root where \
-    scripts/redis-topology.sh can install them";
+use crate::REDIS_SERVER_HELP as HELP;
 
 /// A running topology; every process is stopped when this is dropped.
+#[derive(Debug)]
 pub struct Topology {
     /// The URL to give the limiter.
     pub url: String,
@@ -119,7 +107,8 @@ impl Topology {
                     .filter(|r| !r.starts_with('['))
                     .map(|r| match r.split_once('-') {
                         Some((a, b)) => {
-                            b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1
+                            b.parse::<usize>().expect("slot") - a.parse::<usize>().expect("slot")
+                                + 1
                         }
                         None => 1,
                     })
@@ -130,12 +119,8 @@ impl Topology {
     }
 
     /// Waits until `check` holds, or panics naming `what` after `within`.
-    pub fn wait_until(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + within;
-        while !check() {
-            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn wait_until(&self, what: &str, within: Duration, check: impl FnMut() -> bool) {
+        crate::wait_until(what, within, check);
     }
 }
 
