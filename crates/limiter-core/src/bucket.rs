@@ -176,74 +176,109 @@ pub fn check(
 
     // Divisions are the costly part of this function, so the allowed path of a one-quota
     // policy does two (tokens left, time to full) and nothing else divides unless needed.
-    let mut levels = [0u64; MAX_QUOTAS];
-    let mut stamps = [0u64; MAX_QUOTAS];
+    let mut measured = Measured {
+        quotas,
+        levels: [0; MAX_QUOTAS],
+        stamps: [0; MAX_QUOTAS],
+        now,
+        cost,
+    };
     let mut allowed = true;
     for (i, (q, s)) in quotas.iter().zip(states.iter()).enumerate() {
-        (levels[i], stamps[i]) = s.at(q, now);
+        (measured.levels[i], measured.stamps[i]) = s.at(q, now);
         // cost ≤ capacity (validated), so cost × unit ≤ max level: no overflow.
-        allowed &= levels[i] >= cost * q.unit();
+        allowed &= measured.levels[i] >= cost * q.unit();
     }
-    let levels = &mut levels[..quotas.len()];
-    let reset = |i: usize, level: u64| {
-        let q = &quotas[i];
-        until(
-            q,
-            stamps[i],
-            (q.max_level() - level).div_ceil(q.refill()),
-            now,
-        )
-    };
-
     let reported = if allowed {
-        for (i, (q, s)) in quotas.iter().zip(states.iter_mut()).enumerate() {
-            levels[i] -= cost * q.unit();
-            *s = BucketState {
-                level: levels[i],
-                updated: stamps[i] * q.tick(),
-            };
-        }
-        // The quota with the fewest whole tokens left; on a tie, the one that takes longest
-        // to fill up.
-        let mut best = 0;
-        if quotas.len() > 1 {
-            let key = |i: usize| {
-                (
-                    levels[i] / quotas[i].unit(),
-                    std::cmp::Reverse(reset(i, levels[i])),
-                )
-            };
-            best = (0..quotas.len()).min_by_key(|&i| key(i)).unwrap_or(0);
-        }
-        best
+        measured.take(states)
     } else {
-        // The denying quota that frees up last; on a tie, the first.
+        measured.longest_wait()
+    };
+    Ok(measured.outcome(allowed, reported))
+}
+
+/// Every bucket of a check, measured at `now`: its level and the tick it is stamped with.
+struct Measured<'a> {
+    quotas: &'a [Quota],
+    levels: [u64; MAX_QUOTAS],
+    stamps: [u64; MAX_QUOTAS],
+    now: u64,
+    cost: u64,
+}
+
+impl Measured<'_> {
+    /// Microseconds until bucket `i`, at `level`, is full again.
+    #[inline]
+    fn reset(&self, i: usize, level: u64) -> u64 {
+        let q = &self.quotas[i];
+        let ticks = (q.max_level() - level).div_ceil(q.refill());
+        until(q, self.stamps[i], ticks, self.now)
+    }
+
+    /// Takes the cost from every bucket and writes them to `states`; returns the quota to
+    /// report: the one with the fewest whole tokens left, on a tie the one that takes
+    /// longest to fill up.
+    #[inline]
+    fn take(&mut self, states: &mut [BucketState]) -> usize {
+        let quotas = self.quotas;
+        for (i, (q, s)) in quotas.iter().zip(states.iter_mut()).enumerate() {
+            self.levels[i] -= self.cost * q.unit();
+            *s = BucketState {
+                level: self.levels[i],
+                updated: self.stamps[i] * q.tick(),
+            };
+        }
+        if quotas.len() == 1 {
+            return 0;
+        }
+        let key = |i: usize| {
+            (
+                self.levels[i] / quotas[i].unit(),
+                std::cmp::Reverse(self.reset(i, self.levels[i])),
+            )
+        };
+        (0..quotas.len()).min_by_key(|&i| key(i)).unwrap_or(0)
+    }
+
+    /// The denying quota that frees up last; on a tie, the first.
+    #[inline]
+    fn longest_wait(&self) -> usize {
         let mut best = (0, 0);
-        for (i, (q, &level)) in quotas.iter().zip(levels.iter()).enumerate() {
-            let need = cost * q.unit();
-            if level < need {
-                let wait = until(q, stamps[i], (need - level).div_ceil(q.refill()), now);
-                if wait > best.1 {
-                    best = (i, wait);
-                }
+        for i in 0..self.quotas.len() {
+            if let Some(wait) = self.retry(i).filter(|&wait| wait > best.1) {
+                best = (i, wait);
             }
         }
         best.0
-    };
+    }
 
-    let q = &quotas[reported];
-    let level = levels[reported];
-    let retry_after_us = (!allowed).then(|| {
-        let ticks = (cost * q.unit() - level).div_ceil(q.refill());
-        until(q, stamps[reported], ticks, now)
-    });
-    Ok(Outcome {
-        allowed,
-        quota: reported,
-        remaining: level / q.unit(),
-        reset_after_us: reset(reported, level),
-        retry_after_us,
-    })
+    /// Microseconds until bucket `i` holds the cost, if it does not now.
+    #[inline]
+    fn retry(&self, i: usize) -> Option<u64> {
+        let q = &self.quotas[i];
+        let (need, level) = (self.cost * q.unit(), self.levels[i]);
+        (level < need).then(|| {
+            until(
+                q,
+                self.stamps[i],
+                (need - level).div_ceil(q.refill()),
+                self.now,
+            )
+        })
+    }
+
+    /// The outcome, reported by quota `reported`.
+    #[inline]
+    fn outcome(&self, allowed: bool, reported: usize) -> Outcome {
+        let (q, level) = (&self.quotas[reported], self.levels[reported]);
+        Outcome {
+            allowed,
+            quota: reported,
+            remaining: level / q.unit(),
+            reset_after_us: self.reset(reported, level),
+            retry_after_us: if allowed { None } else { self.retry(reported) },
+        }
+    }
 }
 
 /// Checks that `cost` can ever pass under `quotas`, without looking at any state.
