@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use limiter_core::{ErrorKind, RateLimiter};
+use limiter_core::RateLimiter;
 
 use crate::Inner;
 use crate::stats::{CLOSED, HALF_OPEN, OPEN};
@@ -53,25 +53,15 @@ where
         inner.counters.probes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: "limiter_fallback", from = "open", to = "half_open", "probing the primary");
         let result = tokio::time::timeout(inner.config.deadline, inner.primary.ping()).await;
-        let reason = match result {
-            Ok(Ok(())) => {
-                inner.state.store(CLOSED, Ordering::Release);
-                tracing::info!(
-                    target: "limiter_fallback",
-                    from = "half_open",
-                    to = "closed",
-                    "primary answered the probe: back on the primary"
-                );
-                return;
-            }
-            Ok(Err(e)) => {
-                inner.counters.failed_probe(e.kind());
-                e.to_string()
-            }
-            Err(_) => {
-                inner.counters.failed_probe(ErrorKind::Timeout);
-                "probe missed the deadline".to_owned()
-            }
+        let Err(reason) = inner.counters.probed(result) else {
+            inner.state.store(CLOSED, Ordering::Release);
+            tracing::info!(
+                target: "limiter_fallback",
+                from = "half_open",
+                to = "closed",
+                "primary answered the probe: back on the primary"
+            );
+            return;
         };
         inner.state.store(OPEN, Ordering::Release);
         tracing::debug!(target: "limiter_fallback", from = "half_open", to = "open", %reason, "probe failed");

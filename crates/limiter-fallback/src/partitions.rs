@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use limiter_core::{ClientKey, Error, ErrorKind, RateLimiter};
+use limiter_core::{ClientKey, Error, RateLimiter};
 use tokio::sync::Notify;
 
 use crate::Inner;
@@ -206,27 +206,18 @@ where
     async fn probe_run(&self, run: Range<usize>) {
         self.counters.probes.fetch_add(1, Ordering::Relaxed);
         let ping = self.ping_partition(run.start);
-        let reason = match tokio::time::timeout(self.config.deadline, ping).await {
-            Ok(Ok(())) => {
-                for range in self.colocated(run.start).await {
-                    let (start, end) = (range.start.max(run.start), range.end.min(run.end));
-                    if start < end {
-                        self.parts.close(start..end);
-                    }
-                }
-                self.parts.close(run.start..run.start + 1);
-                return;
+        let result = tokio::time::timeout(self.config.deadline, ping).await;
+        if let Err(reason) = self.counters.probed(result) {
+            tracing::debug!(target: "limiter_fallback", partitions = ?run, %reason, "probe failed");
+            return;
+        }
+        for range in self.colocated(run.start).await {
+            let (start, end) = (range.start.max(run.start), range.end.min(run.end));
+            if start < end {
+                self.parts.close(start..end);
             }
-            Ok(Err(e)) => {
-                self.counters.failed_probe(e.kind());
-                e.to_string()
-            }
-            Err(_) => {
-                self.counters.failed_probe(ErrorKind::Timeout);
-                "probe missed the deadline".to_owned()
-            }
-        };
-        tracing::debug!(target: "limiter_fallback", partitions = ?run, %reason, "probe failed");
+        }
+        self.parts.close(run.start..run.start + 1);
     }
 }
 

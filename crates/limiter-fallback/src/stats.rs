@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use limiter_core::ErrorKind;
+use limiter_core::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 /// Where checks go now.
@@ -119,8 +119,27 @@ impl Counters {
     }
 
     /// A failed probe of `kind`: counted by kind only.
-    pub(crate) fn failed_probe(&self, kind: ErrorKind) {
+    fn failed_probe(&self, kind: ErrorKind) {
         self.errors_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A probe's result, within its deadline or not: `Ok` if the primary answered, else why
+    /// not, counted.
+    pub(crate) fn probed(
+        &self,
+        result: Result<Result<(), Error>, tokio::time::error::Elapsed>,
+    ) -> Result<(), String> {
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.failed_probe(e.kind());
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.failed_probe(ErrorKind::Timeout);
+                Err("probe missed the deadline".to_owned())
+            }
+        }
     }
 
     /// The counts, with the state and parts the caller read.
