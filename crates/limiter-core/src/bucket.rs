@@ -57,11 +57,21 @@ impl BucketState {
 
     /// The level at `now`, refilled and capped at the quota's max level, and the tick it is
     /// measured at: the later of `now`'s and the stamp's.
-    #[inline]
+    #[inline(always)]
     fn at(&self, quota: &Quota, now: u64) -> (u64, u64) {
+        self.at_in(quota, quota.tick(), now)
+    }
+
+    /// [`at`](Self::at), with the quota's tick given: a constant 1 folds the tick away.
+    #[inline(always)]
+    fn at_in(&self, quota: &Quota, tick: u64, now: u64) -> (u64, u64) {
         let max = quota.max_level();
         let missing = max.saturating_sub(self.level);
-        let (now, stamp) = (quota.ticks(now), quota.ticks(self.updated));
+        let (now, stamp) = if tick == 1 {
+            (now, self.updated)
+        } else {
+            (now / tick, self.updated / tick)
+        };
         let elapsed = now.saturating_sub(stamp);
         // elapsed × refill ≥ missing ⇔ elapsed ≥ ⌈missing / refill⌉: a multiply, not a
         // division, on the hot path. An overflowing product is certainly ≥ missing.
@@ -108,14 +118,20 @@ impl BucketState {
 /// `ticks` is positive.
 #[inline]
 fn until(quota: &Quota, stamp: u64, ticks: u64, now: u64) -> u64 {
+    until_in(quota.tick(), stamp, ticks, now)
+}
+
+/// [`until`], with the quota's tick given: a constant 1 folds the tick away.
+#[inline(always)]
+fn until_in(tick: u64, stamp: u64, ticks: u64, now: u64) -> u64 {
     if ticks == 0 {
         return 0;
     }
-    if quota.tick() == 1 {
+    if tick == 1 {
         // The common case, in u64: stamp ≥ now, and both are far below 2^63.
         return (stamp - now).saturating_add(ticks).min(MAX_WAIT_US);
     }
-    let end = (u128::from(stamp) + u128::from(ticks)) * u128::from(quota.tick());
+    let end = (u128::from(stamp) + u128::from(ticks)) * u128::from(tick);
     let wait = end
         .saturating_sub(u128::from(now))
         .min(u128::from(MAX_WAIT_US));
@@ -176,6 +192,9 @@ pub fn check(
 
     // Divisions are the costly part of this function, so the allowed path of a one-quota
     // policy does two (tokens left, time to full) and nothing else divides unless needed.
+    if let ([q], [s]) = (quotas, &mut *states) {
+        return Ok(decide_one(q, s, now, cost));
+    }
     let mut measured = Measured {
         quotas,
         levels: [0; MAX_QUOTAS],
@@ -195,6 +214,57 @@ pub fn check(
         measured.longest_wait()
     };
     Ok(measured.outcome(allowed, reported))
+}
+
+/// [`check`] of a one-quota policy, the common case, without the arrays of the general
+/// one: small enough to inline into a backend's hot path.
+///
+/// # Errors
+/// As for [`check`].
+// Always inlined: it is the whole of an in-memory check's math, and the compiler left it
+// out of line once `check` grew (measured: 75 more instructions per check).
+#[inline(always)]
+pub fn check_one(
+    quota: &Quota,
+    state: &mut BucketState,
+    now: u64,
+    cost: u64,
+) -> Result<Outcome, Error> {
+    validate(std::slice::from_ref(quota), cost)?;
+    Ok(decide_one(quota, state, now, cost))
+}
+
+#[inline(always)]
+fn decide_one(q: &Quota, s: &mut BucketState, now: u64, cost: u64) -> Outcome {
+    // Nearly every quota is exact to the microsecond: that path knows its tick is 1.
+    if q.tick() == 1 {
+        decide_in::<true>(q, s, now, cost)
+    } else {
+        decide_in::<false>(q, s, now, cost)
+    }
+}
+
+#[inline(always)]
+fn decide_in<const EXACT: bool>(q: &Quota, s: &mut BucketState, now: u64, cost: u64) -> Outcome {
+    let tick = if EXACT { 1 } else { q.tick() };
+    let (mut level, stamp) = s.at_in(q, tick, now);
+    let need = cost * q.unit();
+    let allowed = level >= need;
+    if allowed {
+        level -= need;
+        *s = BucketState {
+            level,
+            updated: stamp * tick,
+        };
+    }
+    let wait = |missing: u64| until_in(tick, stamp, missing.div_ceil(q.refill()), now);
+    Outcome {
+        allowed,
+        quota: 0,
+        remaining: level / q.unit(),
+        reset_after_us: wait(q.max_level() - level),
+        retry_after_us: (!allowed).then(|| wait(need - level)),
+    }
 }
 
 /// Every bucket of a check, measured at `now`: its level and the tick it is stamped with.

@@ -99,9 +99,8 @@ impl ShardMap {
         now: u64,
         cost: u64,
     ) -> Result<bucket::Outcome, Error> {
-        let quotas = std::slice::from_ref(quota);
         if let Some(entry) = self.table.find_mut(hash, |e| e.key == key) {
-            let outcome = bucket::check(quotas, std::slice::from_mut(&mut entry.state), now, cost)?;
+            let outcome = bucket::check_one(quota, &mut entry.state, now, cost)?;
             if outcome.allowed {
                 // With one quota the reported quota is this one: reset_after is its time to
                 // full from `now`, and the stamp is at most `now` (the clock is monotonic; a
@@ -117,7 +116,7 @@ impl ShardMap {
             return Ok(outcome);
         }
         let mut state = BucketState::full(quota, now);
-        let outcome = bucket::check(quotas, std::slice::from_mut(&mut state), now, cost)?;
+        let outcome = bucket::check_one(quota, &mut state, now, cost)?;
         let full_after = outcome
             .reset_after_us
             .saturating_add(now.saturating_sub(state.updated));
