@@ -298,9 +298,6 @@ impl Measured<'_> {
                 updated: self.stamps[i] * q.tick(),
             };
         }
-        if quotas.len() == 1 {
-            return 0;
-        }
         let key = |i: usize| {
             (
                 self.levels[i] / quotas[i].unit(),

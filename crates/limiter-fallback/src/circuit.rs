@@ -8,7 +8,11 @@ use std::sync::{Arc, Weak};
 use limiter_core::RateLimiter;
 
 use crate::Inner;
-use crate::stats::{CLOSED, HALF_OPEN, OPEN};
+
+/// The whole keyspace's circuit, as stored in an atomic.
+pub(crate) const CLOSED: u8 = 0;
+pub(crate) const OPEN: u8 = 1;
+pub(crate) const HALF_OPEN: u8 = 2;
 
 impl<P, L> Inner<P, L>
 where

@@ -66,15 +66,15 @@ impl FallbackConfig {
             ("probe_interval_ms", self.probe_interval),
             ("warm_up_ms", self.warm_up),
         ] {
-            if d.as_millis() == 0 {
+            if d.is_zero() {
                 return Err(Error::config(format_args!(
-                    "fallback.{key} must be at least 1 ms"
+                    "fallback.{key}: must be above zero"
                 )));
             }
         }
         if self.expected_workers == 0 {
             return Err(Error::config(
-                "fallback.expected_workers must be at least 1",
+                "fallback.expected_workers: must be at least 1",
             ));
         }
         Ok(())

@@ -1,5 +1,7 @@
-//! Redis first; the in-process limiter when Redis is unreachable or slow; back to Redis when
-//! it heals. Callers never see the outage as an error.
+//! Redis first; the in-process limiter when Redis cannot decide (unreachable, slow, or
+//! refusing); back to Redis when it heals. Callers never see the outage as an error. And
+//! [`DenyCache`], which answers a client's repeated requests during a denial without asking
+//! the limiter it wraps (any limiter).
 //!
 //! ```no_run
 //! use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
@@ -85,9 +87,10 @@ pub use config::{FallbackConfig, OutagePolicy};
 pub use deny::DenyCache;
 pub use stats::{CircuitState, FallbackStats};
 
+use circuit::CLOSED;
 use outage::Shares;
 use partitions::Parts;
-use stats::{CLOSED, Counters};
+use stats::Counters;
 
 /// Redis (or any primary) first, a local limiter when it is unavailable. See the
 /// [crate docs](crate).

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use limiter_core::{Error, ErrorKind};
+
+use crate::circuit::{CLOSED, HALF_OPEN};
 use serde::{Deserialize, Serialize};
 
 /// Where checks go now.
@@ -19,11 +21,6 @@ pub enum CircuitState {
     /// their clients get the outage policy, every other client goes to the primary.
     Partial,
 }
-
-/// The whole keyspace's circuit, as stored in an atomic.
-pub(crate) const CLOSED: u8 = 0;
-pub(crate) const OPEN: u8 = 1;
-pub(crate) const HALF_OPEN: u8 = 2;
 
 impl CircuitState {
     pub(crate) fn from_u8(v: u8) -> Self {
@@ -115,11 +112,11 @@ impl Counters {
             _ => &self.other_errors,
         }
         .fetch_add(1, Ordering::Relaxed);
-        self.failed_probe(kind);
+        self.by_kind(kind);
     }
 
-    /// A failed probe of `kind`: counted by kind only.
-    fn failed_probe(&self, kind: ErrorKind) {
+    /// Any failure of `kind`, a check's or a probe's.
+    fn by_kind(&self, kind: ErrorKind) {
         self.errors_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -132,11 +129,11 @@ impl Counters {
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                self.failed_probe(e.kind());
+                self.by_kind(e.kind());
                 Err(e.to_string())
             }
             Err(_) => {
-                self.failed_probe(ErrorKind::Timeout);
+                self.by_kind(ErrorKind::Timeout);
                 Err("probe missed the deadline".to_owned())
             }
         }

@@ -104,18 +104,20 @@ where
     /// The state after the check: call the inner service, or answer.
     fn after(verdict: Verdict, asked: &Asked, pending: Option<(S, Request<ReqBody>)>) -> Self {
         match (verdict, pending) {
-            (Verdict::Serve { info, decision }, Some((mut inner, mut request))) => {
+            (Verdict::Serve(info), Some((mut inner, mut request))) => {
                 request.extensions_mut().insert(info);
                 State::Calling {
                     future: inner.call(request),
-                    limits: decision.map(|d| (Arc::clone(&asked.shared), asked.tier, d)),
+                    limits: info
+                        .decision
+                        .map(|d| (Arc::clone(&asked.shared), asked.tier, d)),
                 }
             }
             (Verdict::Answer(response), _) => State::Answered {
                 response: Some(response),
             },
             // Polled again after completion: nothing left to serve.
-            (Verdict::Serve { .. }, None) => State::Answered {
+            (Verdict::Serve(_), None) => State::Answered {
                 response: Some(already_served()),
             },
         }

@@ -100,18 +100,3 @@ pub(crate) fn insert_with_policy(
         headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn rounding_is_up() {
-        assert_eq!(ceil_secs(Duration::ZERO), 0);
-        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
-        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
-        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
-    }
-}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
-use limiter_core::{Backend, ClientKey, Decision, Error, Tier};
+use limiter_core::{ClientKey, Decision, Error, Tier};
 use serde_json::Map;
 
 use crate::body::ResponseBody;
@@ -28,12 +28,9 @@ pub(crate) struct Asked {
 
 /// What to do with a request once its check is decided.
 pub(crate) enum Verdict {
-    /// Call the inner service with `info` in the request's extensions; add the limit
-    /// headers of `decision` to its response.
-    Serve {
-        info: RateLimitInfo,
-        decision: Option<Decision>,
-    },
+    /// Call the inner service with `info` in the request's extensions, and add the limit
+    /// headers of its decision to the response.
+    Serve(RateLimitInfo),
     /// Answer with this response instead.
     Answer(Response<Bytes>),
 }
@@ -45,7 +42,7 @@ impl Asked {
         match result {
             Ok(decision) => {
                 // No backend asked (an unlimited tier), no latency to record.
-                let latency = if decision.backend == Backend::None {
+                let latency = if decision.quota.is_none() {
                     Duration::ZERO
                 } else {
                     self.started.elapsed()
@@ -85,14 +82,11 @@ impl Asked {
     }
 
     fn serve(&self, decision: Option<Decision>) -> Verdict {
-        Verdict::Serve {
-            info: RateLimitInfo {
-                tier: self.tier,
-                client: self.client,
-                decision,
-            },
+        Verdict::Serve(RateLimitInfo {
+            tier: self.tier,
+            client: self.client,
             decision,
-        }
+        })
     }
 }
 

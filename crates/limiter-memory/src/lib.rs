@@ -70,7 +70,7 @@ impl MemoryConfig {
     /// [`Error::InvalidConfig`] when `max_buckets` is zero: such a store could decide nothing.
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_buckets == 0 {
-            return Err(Error::config("memory.max_buckets must be at least 1"));
+            return Err(Error::config("memory.max_buckets: must be at least 1"));
         }
         Ok(())
     }

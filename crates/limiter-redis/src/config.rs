@@ -84,7 +84,7 @@ impl RedisConfig {
         ] {
             if n == 0 {
                 return Err(Error::config(format_args!(
-                    "redis.{key} must be at least 1"
+                    "redis.{key}: must be at least 1"
                 )));
             }
         }
@@ -96,7 +96,7 @@ impl RedisConfig {
         ] {
             if d.is_zero() {
                 return Err(Error::config(format_args!(
-                    "redis.{key} must be at least 1 ms"
+                    "redis.{key}: must be at least 1 ms"
                 )));
             }
         }

@@ -9,7 +9,7 @@ use limiter_core::{Error, ErrorKind};
 use parking_lot::Mutex;
 
 use crate::error::{classify, classify_pool};
-use crate::script::{Call, PROBE_KEY, SCRIPT, parse_reply};
+use crate::script::{Call, SCRIPT, parse_reply, probe_key};
 use crate::topology::{Conn, Connect, Source};
 use crate::{BACKEND, RedisConfig, batch};
 
@@ -76,8 +76,7 @@ impl Inner {
                 self.ping(i).await?;
             }
         }
-        self.probe(self.next_connection(), PROBE_KEY.to_owned())
-            .await
+        self.probe(self.next_connection(), probe_key()).await
     }
 
     /// `PING` on connection `i`, opening it if needed.

@@ -86,7 +86,7 @@ pub use deadpool_redis::redis;
 
 use connection::Inner;
 use script::{Call, bucket_key, parse_reply};
-use topology::Source;
+use topology::{Slots, Source};
 
 const BACKEND: &str = "redis";
 
@@ -98,6 +98,8 @@ pub struct ReadmeDoctests;
 /// The Redis backend. See the [crate docs](crate).
 pub struct RedisLimiter {
     inner: Arc<Inner>,
+    /// A cluster's slots, for a fallback's per-slot circuits; `None` elsewhere.
+    slots: Option<Slots>,
 }
 
 impl RedisLimiter {
@@ -113,8 +115,11 @@ impl RedisLimiter {
         }
         config.validate()?;
         let source = Source::new(&config)?;
+        let cluster = matches!(source, Source::Cluster(_));
+        let inner = Arc::new(Inner::new(config, source));
         Ok(Self {
-            inner: Arc::new(Inner::new(config, source)),
+            slots: cluster.then(|| Slots(Arc::clone(&inner))),
+            inner,
         })
     }
 
@@ -203,7 +208,7 @@ impl RateLimiter for RedisLimiter {
 
     /// On a cluster, its 16384 hash slots ([`hash_slot`]), grouped by master.
     fn partitioning(&self) -> Option<&dyn Partitioned> {
-        matches!(self.inner.source, Source::Cluster(_)).then_some(self as &dyn Partitioned)
+        self.slots.as_ref().map(|slots| slots as &dyn Partitioned)
     }
 }
 

@@ -14,8 +14,10 @@ use crate::topology::Conn;
 pub const SCRIPT: &str = include_str!("../../../lua/token_bucket.lua");
 
 /// The key of the probe that [`RedisLimiter::warm_up`](crate::RedisLimiter::warm_up) (and so
-/// `ping`) runs the script on: no client's, and it lives a millisecond.
-pub(crate) const PROBE_KEY: &str = "rl:{probe}:write";
+/// `ping`) runs the script on, `rl:{probe}:write`: no client's, and it lives a millisecond.
+pub(crate) fn probe_key() -> String {
+    key("probe", format_args!("write"))
+}
 
 /// A key of this backend: `rl:{<tag>}:<rest>`. The hash tag decides the cluster slot: a
 /// client's hash for its buckets, so all of one client's keys live together.
@@ -214,7 +216,8 @@ mod tests {
     #[test]
     fn the_probe_is_one_token_per_millisecond() {
         let q = Quota::new(1, Duration::from_millis(1)).unwrap();
-        let probe = Call::probe(PROBE_KEY.to_owned());
+        assert_eq!(probe_key(), "rl:{probe}:write");
+        let probe = Call::probe(probe_key());
         assert_eq!(
             probe.args,
             [1, 1, q.unit(), q.refill(), q.max_level(), q.tick()]

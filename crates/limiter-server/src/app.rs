@@ -30,12 +30,13 @@ impl App {
     /// # Errors
     /// A [`ConfigError`] naming the setting a part refused.
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
+        let identity = config.check_own()?;
         let hasher = config.hasher()?;
         let backend = backend(config)?;
         let limiter = backend.limiter();
         let guard = RateLimitLayer::new(limiter.clone(), hasher.clone())
             .tiers(config.tiers.clone())
-            .identify(config.identity()?)
+            .identify(identity)
             .on_error(match config.fallback.outage {
                 OutagePolicy::Deny => OnError::Deny,
                 _ => OnError::Allow,
@@ -105,7 +106,7 @@ fn backend(config: &Config) -> Result<Backend, ConfigError> {
         url: url.clone(),
         ..config.redis.clone()
     })
-    .map_err(|e| ConfigError::field("redis_url", e))?;
+    .map_err(|e| ConfigError::refused("redis_url", e))?;
     let fallback = Fallback::new(redis, memory, config.fallback)?;
     // Each tier's fleet share, now rather than on the first check of an outage.
     for tier in Tier::ALL {

@@ -2,6 +2,7 @@
 //! a fallback (a master's hash slots go to the fallback together).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::Value;
@@ -10,8 +11,9 @@ use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo}
 use limiter_core::{ClientKey, Error, Partitioned};
 
 use super::{Conn, Source, nodes};
+use crate::connection::Inner;
 use crate::script::key;
-use crate::{RedisConfig, RedisLimiter, redacted};
+use crate::{RedisConfig, redacted};
 
 /// Retries of a cluster command (redirections, reconnections).
 const CLUSTER_RETRIES: u32 = 3;
@@ -134,8 +136,12 @@ pub fn hash_slot(client: &ClientKey) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(&client.hex_digits()) % 16384
 }
 
+/// A cluster's keyspace in parts: what [`RedisLimiter`](crate::RedisLimiter) offers a
+/// fallback on a cluster, and only there.
+pub(crate) struct Slots(pub(crate) Arc<Inner>);
+
 #[async_trait]
-impl Partitioned for RedisLimiter {
+impl Partitioned for Slots {
     /// The 16384 hash slots.
     fn partitions(&self) -> usize {
         SLOTS
@@ -152,7 +158,7 @@ impl Partitioned for RedisLimiter {
         let Ok(slot) = u16::try_from(partition) else {
             return Err(Error::config(format_args!("no hash slot {partition}")));
         };
-        let inner = &self.inner;
+        let inner = &self.0;
         let probe = inner.probe(inner.next_connection(), slot_probe_key(slot));
         tokio::time::timeout(inner.config.timeout, probe)
             .await
@@ -167,7 +173,7 @@ impl Partitioned for RedisLimiter {
             reason = "one range: the partition alone"
         )]
         let alone = vec![partition..partition + 1];
-        let inner = &self.inner;
+        let inner = &self.0;
         let i = inner.next_connection();
         let ask = async {
             let (_, conn) = inner.connection(i).await.ok()?;

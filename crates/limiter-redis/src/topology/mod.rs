@@ -12,11 +12,13 @@ use deadpool_redis::redis::{
 };
 use limiter_core::Error;
 
+use crate::config::split_userinfo;
 use crate::{RedisConfig, redacted};
 
 mod cluster;
 mod sentinel;
 
+pub(crate) use cluster::Slots;
 pub use cluster::hash_slot;
 
 /// The kind of Redis deployment a [`RedisConfig::url`] names, by its scheme.
@@ -66,8 +68,8 @@ pub(crate) struct Nodes<'a> {
 pub(crate) fn nodes(url: &str) -> Result<Nodes<'_>, Error> {
     let bad = |why: &str| Error::config(format_args!("url {}: {why}", redacted(url)));
     let (_, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-    let (userinfo, rest) = match rest.rfind('@') {
-        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+    let (userinfo, rest) = match split_userinfo(url) {
+        Some((_, userinfo, rest)) => (Some(userinfo), rest),
         None => (None, rest),
     };
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));

@@ -146,10 +146,22 @@ impl std::error::Error for ConfigError {}
 /// A library's refusal of its settings, whose message names the key.
 impl From<Error> for ConfigError {
     fn from(e: Error) -> Self {
-        match e {
-            Error::InvalidConfig { reason } => Self(reason),
-            other => Self(other.to_string()),
-        }
+        Self(reason(e))
+    }
+}
+
+impl ConfigError {
+    /// A library's refusal of `field`'s value.
+    pub(crate) fn refused(field: &str, e: Error) -> Self {
+        Self::field(field, reason(e))
+    }
+}
+
+/// What a library refused, without the "invalid configuration" its message starts with.
+fn reason(e: Error) -> String {
+    match e {
+        Error::InvalidConfig { reason } => reason,
+        other => other.to_string(),
     }
 }
 
@@ -226,30 +238,25 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot: each library's settings by its own validator, the
-    /// identity and the secret by building them, and the rules that span settings.
+    /// Checks what types alone cannot, without building the backends (so that `ratelimitd
+    /// config` refuses a bad file too): the service's own rules, then each library's
+    /// settings by its own validator. [`App::new`](crate::App::new) checks the service's
+    /// rules and builds the rest through the constructors, which refuse the same.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.hasher()?;
-        if self.max_body_bytes == 0 {
-            return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
-        }
-        self.identity()?;
+        self.check_own()?;
         self.memory.validate()?;
         self.redis.validate()?;
         self.fallback.validate()?;
-        self.http.validate()
+        Ok(())
     }
 
-    /// The client-ID hasher: the configured secret, or without Redis a random one (a single
-    /// in-memory process has nobody to agree with).
-    ///
-    /// # Errors
-    /// No secret with a Redis URL, or one the hasher refuses (under 16 bytes).
-    pub(crate) fn hasher(&self) -> Result<ClientKeyHasher, ConfigError> {
-        let secret = match (&self.redis_url, &self.hash_secret) {
+    /// The rules of the service itself and those that span settings: the secret with a Redis
+    /// URL, the body limit, the HTTP limits; and the identity, built and returned.
+    pub(crate) fn check_own(&self) -> Result<ApiKeyOrIp, ConfigError> {
+        match (&self.redis_url, &self.hash_secret) {
             (Some(_), None) => {
                 return Err(ConfigError::field(
                     "hash_secret",
@@ -257,8 +264,28 @@ impl Config {
                      every worker must hash client IDs with the same secret",
                 ));
             }
-            (_, Some(secret)) => secret.as_bytes().to_vec(),
-            (None, None) => random_secret()?,
+            (_, Some(secret)) => {
+                ClientKeyHasher::new(secret).map_err(|e| ConfigError::field("hash_secret", e))?;
+            }
+            (None, None) => {}
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
+        }
+        self.http.validate()?;
+        self.identity()
+    }
+
+    /// The client-ID hasher: the configured secret, or without Redis a random one (a single
+    /// in-memory process has nobody to agree with). [`check_own`](Self::check_own) has
+    /// checked the secret.
+    ///
+    /// # Errors
+    /// No randomness to make a secret from, or a secret the hasher refuses.
+    pub(crate) fn hasher(&self) -> Result<ClientKeyHasher, ConfigError> {
+        let secret = match &self.hash_secret {
+            Some(secret) => secret.as_bytes().to_vec(),
+            None => random_secret()?,
         };
         ClientKeyHasher::new(&secret).map_err(|e| ConfigError::field("hash_secret", e))
     }

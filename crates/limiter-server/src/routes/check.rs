@@ -1,6 +1,5 @@
 //! `POST /v1/check`: a decision for any service, in any language.
 
-use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -32,9 +31,8 @@ struct CheckRequest {
     /// A string, parsed by hand so an unknown tier is not echoed back.
     #[serde(default)]
     tier: Option<String>,
-    /// Parsed as non-zero: a zero cost is malformed input, refused with the field's name.
     #[serde(default)]
-    cost: Option<NonZeroU64>,
+    cost: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -136,7 +134,13 @@ async fn decide(
             .parse::<Tier>()
             .map_err(|e| Problem::bad_request(format!("tier: {e}")))?,
     };
-    let cost = req.cost.map_or(1, NonZeroU64::get);
+    // Zero is refused here, whatever the tier (an unlimited one asks no backend); a cost
+    // above the tier's burst is refused by the limiter, which knows the quotas.
+    let cost = match req.cost {
+        None => 1,
+        Some(0) => return Err(Problem::bad_request("cost: must be at least 1")),
+        Some(cost) => cost,
+    };
     let policy = state.tiers.get(tier);
 
     let key = state
