@@ -1,5 +1,5 @@
--- token_bucket.lua: limiter_core::bucket::check, transliterated for Redis. One call decides
--- one or more checks, in order; each check covers every quota of one client's policy, all or
+-- token_bucket.lua: the Redis half of limiter_core::bucket::check. One call decides one or
+-- more checks, in order; each check covers every quota of one client's policy, all or
 -- nothing. The whole call is atomic, and a check sees the writes of the checks before it.
 --
 -- The math and its units are defined once, in crates/limiter-core/src/bucket.rs: time in
@@ -7,197 +7,256 @@
 -- divisor of the period for quotas whose exact form needs more than 2^50 units); a quota of
 -- `tokens` per `period` has unit = (period / tick) / g units per token and gains
 -- refill = tokens / g units per tick (g = gcd); a full bucket holds max = capacity × unit
--- units, at most 2^50, so every value here is an integer that a Lua double holds exactly.
--- A test runs this script and the Rust function on the same traces and demands equal answers,
--- TTLs included.
+-- units, at most 2^50, so every value here is an integer that a Lua double holds exactly,
+-- and a quotient a / b of such integers (a below 2^53) rounds to the right side of every
+-- integer, so flooring or ceiling it is exact. This script only measures, takes and
+-- stores; the worker turns what it replies into the decision's figures with the core's
+-- own code (bucket::outcome_of). A test runs this script and the core on the same traces
+-- and demands equal decisions, stored buckets and expiries.
 --
--- KEYS             the buckets of every check, check after check: check j's quota i is
---                  rl:{<hash>}:<policy>:<quota>. One check's keys share its client's hash
---                  tag, so they live on one Redis Cluster slot; a call that spans several
---                  clients is for one Redis, not a cluster.
--- ARGV             per check, checks one after the other:
---                    cost          in tokens; the caller has checked 1 <= cost <= every capacity
---                    n             the check's number of quotas, its next n KEYS
---                    unit refill max tick, n times
+-- Redis's CPU per decision is the limiter's cost at scale, so the common case is written for
+-- it (instruction counts per step under callgrind, docs/performance.md): arguments become
+-- numbers by arithmetic (`x + 0`) or by comparing with '1', not by tonumber(), a C call;
+-- the stored value is packed, not formatted and parsed; a write keeps the key's expiry
+-- unless it must move (setting one costs more than the rest of the write); and a call of
+-- one policy of one quota, a single check's and most batches', runs inline, without the
+-- tables and closures (each costs about as much as a GET) of the general case.
 --
--- Stored value     "<level> <updated>": units in the bucket at `updated` µs of Redis time,
---                  which falls on a tick of the quota. A missing key is a full bucket. Every
---                  write sets a TTL (PX) equal to the time until the bucket is full again,
---                  counted from its stamp and rounded up to the millisecond, after which
---                  forgetting it loses nothing. A denied check writes nothing.
--- Time             redis.call('TIME') once per call; never a worker's clock. Time never runs
---                  backwards for a bucket: a `now` before `updated` counts as no time passed,
---                  and every wait is counted from the bucket's later stamp.
+-- KEYS    the buckets of every check, check after check: check j's quota i is
+--         rl:{<hash>}:<policy>:<quota>:v2. One check's keys share its client's hash tag, so
+--         they live on one Redis Cluster slot; a call that spans several clients is for one
+--         Redis, not a cluster.
+-- ARGV    the policies of the call, then its checks:
+--           P                  the number of policies
+--           per policy:        n (its quotas), then unit refill max tick, n times
+--           per check:         policy (1-based), cost in tokens; the caller has checked
+--                              1 <= cost <= every capacity of that policy, and that a
+--                              check's keys are the next n KEYS
 --
--- Reply, an array of five integers per check, in the order of the checks:
---   1 allowed          1 if admitted (the cost was taken from every bucket), 0 if not;
---                      -1 if the key of quota (field 2) holds something that is not a bucket:
---                      that check is an error, never a silent reset, and the others stand
---   2 quota            0-based index of the quota the next fields describe: if admitted, the
---                      one with the fewest whole tokens left (ties: the slowest to fill up);
---                      if denied, the denying quota with the longest wait (ties: the first)
---   3 remaining        whole tokens left in that bucket
---   4 reset_after_us   µs until that bucket is full again
---   5 retry_after_us   µs until this request would pass; -1 when admitted
---   (fields 3 to 5 are 0 for an error; waits are at most 2^51 µs, about 71 years)
+-- Stored value   24 bytes, struct.pack('<ddd', level, updated, expires): three little-endian
+--                doubles, each an integer: units in the bucket at `updated` µs of Redis time
+--                (on a tick of the quota), and the key's expiry in ms of Redis time. A
+--                missing key is a full bucket. A denied check writes nothing.
+-- Expiry         a key outlives the time its bucket is full again, after which forgetting it
+--                loses nothing. A write keeps the key's expiry (SET … KEEPTTL) while it comes
+--                at or after `full`, the µs the bucket is full again (from its stamp, at most
+--                2^51 µs from now); else it sets it to ceil((2 × full − now) / 1000) ms
+--                (PXAT), twice the time to full from now: so most writes of a busy bucket
+--                keep their expiry, which costs Redis far less than setting one.
+-- Time           redis.call('TIME') once per call; never a worker's clock. Time never runs
+--                backwards for a bucket: a `now` before `updated` counts as no time passed,
+--                and the bucket keeps its later stamp.
+--
+-- Reply   an array of integers: Redis's `now` in µs, then per check, in order:
+--           code               1 admitted (the cost was taken from every bucket), 0 denied;
+--                              -i if quota i's key holds something that is not a bucket:
+--                              that check is an error, never a silent reset, and the
+--                              others stand
+--           level, offset      per quota: its units, after the cost if admitted, and its
+--                              stamp in ticks minus now's tick (0 unless time stepped back);
+--                              both 0 for an error
 
-local floor, match, format, tonumber, type = math.floor, string.match, string.format, tonumber, type
+local floor, pack, unpack = math.floor, struct.pack, struct.unpack
 local call, try_call = redis.call, redis.pcall
 
--- The longest wait reported and TTL set: 2^51 µs (limiter_core::MAX_WAIT_US).
+-- The longest wait counted: 2^51 µs (limiter_core::MAX_WAIT_US).
 local MAX_WAIT = 2251799813685248
 
--- floor(a / b) and ceil(a / b) for integers a >= 0, b > 0 below 2^53, corrected for the
--- rounding of the floating-point quotient.
-local function div_floor(a, b)
-    local q = floor(a / b)
-    if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
-    return q
-end
+local time = call('TIME')
+local now, last = time[1] * 1000000 + time[2], #ARGV
+local reply, r = { now }, 1
 
-local function div_ceil(a, b)
-    local q = div_floor(a, b)
-    if q * b < a then q = q + 1 end
-    return q
-end
+-- A check's cost is nearly always 1, which a string comparison finds (Lua's strings are
+-- interned: equal strings compare by address) without converting the argument.
 
--- µs from `now` until tick `stamp + ticks` of a quota with `tick` µs per tick, at most
--- MAX_WAIT; 0 for no ticks (bucket.rs `until`). `stamp` is at or after now's tick.
-local function wait_for(stamp, ticks, tick, now)
-    if ticks == 0 then return 0 end
-    local wait
-    if tick == 1 then
-        wait = stamp - now + ticks
-    else
-        wait = ticks * tick
-        -- Past the cap by more than a tick, the exact value no longer matters (nor fits).
-        if wait > MAX_WAIT + tick then return MAX_WAIT end
-        wait = stamp * tick + wait - now
-    end
-    if wait > MAX_WAIT then return MAX_WAIT end
-    return wait
-end
-
--- The bucket at `key` as of `now` µs: its level (bucket::level_at) and the tick it is
--- stamped with from now on, never earlier than its stored stamp; nil if the key holds
--- something else. GET on a hash, a list or a set is an error, which would abort the whole
--- call after earlier checks of it wrote (Redis undoes nothing), so it is caught as "not a
--- bucket".
-local function load(key, now, max, refill, tick)
-    if tick > 1 then now = div_floor(now, tick) end
-    local stored = try_call('GET', key)
-    if not stored then return max, now end
-    if type(stored) == 'table' then return nil end
-    local l, u = match(stored, '^(%d+) (%d+)$')
-    if not l then return nil end
-    local level, at = tonumber(l), tonumber(u)
-    if tick > 1 then at = div_floor(at, tick) end
-    local elapsed = now - at
-    if elapsed < 0 then elapsed = 0 end
-    -- Compare elapsed time with the time to fill up.
-    if elapsed >= div_ceil(max - level, refill) then
-        level = max
-    else
-        level = level + elapsed * refill
-    end
-    if now > at then at = now end
-    return level, at
-end
-
--- Writes a bucket stamped at tick `at`, with a TTL of `reset` µs (its time to fill up)
--- rounded up to the millisecond.
-local function store(key, level, at, tick, reset)
-    call('SET', key, format('%d %d', level, at * tick), 'PX', div_ceil(reset, 1000))
-end
-
-local reply = {}
-
-local function answer(allowed, quota, remaining, reset, retry)
-    local r = #reply
-    reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] =
-        allowed, quota, remaining, reset, retry
-end
-
--- A check of one quota, the common case, without the tables of the general one.
-local function decide_one(now, key, cost, unit, refill, max, tick)
-    local level, at = load(key, now, max, refill, tick)
-    if not level then return answer(-1, 0, 0, 0, 0) end
-    local need = cost * unit
-    if level >= need then
-        level = level - need
-        local reset = wait_for(at, div_ceil(max - level, refill), tick, now)
-        store(key, level, at, tick, reset)
-        answer(1, 0, div_floor(level, unit), reset, -1)
-    else
-        answer(0, 0, div_floor(level, unit), wait_for(at, div_ceil(max - level, refill), tick, now),
-            wait_for(at, div_ceil(need - level, refill), tick, now))
-    end
-end
-
--- Decides the check whose first key is KEYS[k + 1] and first argument ARGV[a + 1].
-local function decide(now, k, a)
-    local cost, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    if n == 1 then
-        return decide_one(now, KEYS[k + 1], cost, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
-            tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]))
-    end
-    local units, refills, maxes, ticks, levels, stamps = {}, {}, {}, {}, {}, {}
-    local allowed = true
-
-    for i = 1, n do
-        local p = a + 4 * i - 1
-        local unit, refill, max, tick =
-            tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
-        units[i], refills[i], maxes[i], ticks[i] = unit, refill, max, tick
-        local level, at = load(KEYS[k + i], now, max, refill, tick)
-        if not level then return answer(-1, i - 1, 0, 0, 0) end
-        levels[i], stamps[i] = level, at
-        if level < cost * unit then allowed = false end
-    end
-
-    local reported = 1
-    if allowed then
-        local best_remaining, best_reset
-        for i = 1, n do
-            local level = levels[i] - cost * units[i]
-            levels[i] = level
-            local remaining = div_floor(level, units[i])
-            local reset = wait_for(stamps[i], div_ceil(maxes[i] - level, refills[i]), ticks[i], now)
-            store(KEYS[k + i], level, stamps[i], ticks[i], reset)
-            if best_remaining == nil or remaining < best_remaining
-                or (remaining == best_remaining and reset > best_reset) then
-                reported, best_remaining, best_reset = i, remaining, reset
+if ARGV[1] == '1' and ARGV[2] == '1' then
+    -- One policy of one quota: a single check's call, and most batches'. Inline: no
+    -- table, no function (Lua creates every closure on every call); the general case below
+    -- does the same with load() and store(), and the agreement test runs both.
+    local unit, refill, max, tick = ARGV[3] + 0, ARGV[4] + 0, ARGV[5] + 0, ARGV[6] + 0
+    local ticks = floor(now / tick)
+    local k = 0
+    for a = 7, last, 2 do
+        k = k + 1
+        local key = KEYS[k]
+        local cost = ARGV[a + 1]
+        if cost == '1' then cost = 1 else cost = cost + 0 end
+        -- Load (see load() below).
+        local level, stamp, expires = max, ticks, 0
+        local stored = try_call('GET', key)
+        if stored then
+            if #stored == 24 then
+                local at
+                level, at, expires = unpack('<ddd', stored)
+                if not (level >= 0 and level <= max and at >= 0 and expires >= 0) then
+                    level = nil
+                else
+                    at = at / tick
+                    if ticks > at then
+                        local gained = (ticks - at) * refill
+                        if gained < max - level then level = level + gained else level = max end
+                    else
+                        stamp = at
+                    end
+                end
+            else
+                level = nil
             end
         end
-    else
-        local best_wait = 0
-        for i = 1, n do
-            local need = cost * units[i]
-            if levels[i] < need then
-                local wait = wait_for(stamps[i], div_ceil(need - levels[i], refills[i]), ticks[i], now)
-                if wait > best_wait then reported, best_wait = i, wait end
+        if not level then
+            reply[r + 1], reply[r + 2], reply[r + 3] = -1, 0, 0
+        else
+            local need = cost * unit
+            if level >= need then
+                level = level - need
+                -- Store (see store() below).
+                local missing = (max - level) / refill
+                if missing % 1 ~= 0 then missing = missing - missing % 1 + 1 end
+                local full = (stamp + missing) * tick
+                if full > now + MAX_WAIT then full = now + MAX_WAIT end
+                if expires * 1000 >= full then
+                    call('SET', key, pack('<ddd', level, stamp * tick, expires), 'KEEPTTL')
+                else
+                    expires = (full + full - now) / 1000
+                    if expires % 1 ~= 0 then expires = expires - expires % 1 + 1 end
+                    call('SET', key, pack('<ddd', level, stamp * tick, expires), 'PXAT', expires)
+                end
+                reply[r + 1] = 1
+            else
+                reply[r + 1] = 0
             end
+            reply[r + 2], reply[r + 3] = level, stamp - ticks
+        end
+        r = r + 3
+    end
+else
+    -- Any policies.
+    local function cost_of(arg)
+        if arg == '1' then return 1 end
+        return arg + 0
+    end
+
+    -- Bucket `key` of a quota (unit, refill, max, tick; `ticks` is now in its ticks), as of
+    -- now: its level, its stamp in ticks (the later of now's and the stored one) and the key's
+    -- expiry in ms (0 for a missing key); nil if the key holds something that is not a bucket.
+    -- GET on a hash, a list or a set is an error, which would abort the whole call after
+    -- earlier checks of it wrote (Redis undoes nothing), so it is caught (its error reply is a
+    -- table, of length 0).
+    local function load(key, refill, max, tick, ticks)
+        local stored = try_call('GET', key)
+        if not stored then return max, ticks, 0 end
+        if #stored ~= 24 then return nil end
+        local level, at, expires = unpack('<ddd', stored)
+        -- Written by this script, each is an integer in range; anything else is not a bucket.
+        if not (level >= 0 and level <= max and at >= 0 and expires >= 0) then return nil end
+        at = at / tick
+        if ticks > at then
+            -- An overflowing product is still at least what is missing.
+            local gained = (ticks - at) * refill
+            if gained < max - level then return level + gained, ticks, expires end
+            return max, ticks, expires
+        end
+        return level, at, expires
+    end
+
+    -- Writes bucket `key` of a quota (see Expiry above).
+    local function store(key, refill, max, tick, level, stamp, expires)
+        local missing = (max - level) / refill
+        if missing % 1 ~= 0 then missing = missing - missing % 1 + 1 end
+        local full = (stamp + missing) * tick
+        if full > now + MAX_WAIT then full = now + MAX_WAIT end
+        if expires * 1000 >= full then
+            call('SET', key, pack('<ddd', level, stamp * tick, expires), 'KEEPTTL')
+        else
+            expires = (full + full - now) / 1000
+            if expires % 1 ~= 0 then expires = expires - expires % 1 + 1 end
+            call('SET', key, pack('<ddd', level, stamp * tick, expires), 'PXAT', expires)
         end
     end
 
-    local unit, refill, level, stamp, tick =
-        units[reported], refills[reported], levels[reported], stamps[reported], ticks[reported]
-    local retry = -1
-    if not allowed then retry = wait_for(stamp, div_ceil(cost * unit - level, refill), tick, now) end
-    answer(allowed and 1 or 0, reported - 1, div_floor(level, unit),
-        wait_for(stamp, div_ceil(maxes[reported] - level, refill), tick, now), retry)
-end
+    -- The quotas of a call of several policies (or of a policy of several quotas), numbered
+    -- through the call: quota q has UNIT[q], REFILL[q], MAX[q], TICK[q], and TICKS[q] is now
+    -- in its ticks. Filled by decide_policies only: a table costs Redis as much as a GET.
+    local UNIT, REFILL, MAX, TICK, TICKS
 
-local function server_now()
-    local t = call('TIME')
-    return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+    -- A check of quota q alone, its key KEYS[k + 1].
+    local function decide_one(k, cost, q)
+        local key, ticks = KEYS[k + 1], TICKS[q]
+        local level, stamp, expires = load(key, REFILL[q], MAX[q], TICK[q], ticks)
+        if not level then
+            reply[r + 1], reply[r + 2], reply[r + 3] = -1, 0, 0
+        else
+            local need = cost * UNIT[q]
+            if level >= need then
+                level = level - need
+                store(key, REFILL[q], MAX[q], TICK[q], level, stamp, expires)
+                reply[r + 1] = 1
+            else
+                reply[r + 1] = 0
+            end
+            reply[r + 2], reply[r + 3] = level, stamp - ticks
+        end
+        r = r + 3
+    end
 
-local now, last = server_now(), #ARGV
-local k, a = 0, 0
-while a < last do
-    local n = tonumber(ARGV[a + 2])
-    decide(now, k, a)
-    k, a = k + n, a + 2 + 4 * n
+    -- A check of quotas first to first + n - 1, its keys from KEYS[k + 1]: all or nothing.
+    local function decide(k, cost, first, n)
+        local levels, stamps, expiries = {}, {}, {}
+        local code = 1
+        for i = 1, n do
+            local q = first + i - 1
+            local level, stamp, expires = load(KEYS[k + i], REFILL[q], MAX[q], TICK[q], TICKS[q])
+            if not level then
+                code = -i
+                break
+            end
+            levels[i], stamps[i], expiries[i] = level, stamp, expires
+            if level < cost * UNIT[q] then code = 0 end
+        end
+        reply[r + 1] = code
+        for i = 1, n do
+            local q = first + i - 1
+            if code < 0 then
+                reply[r + 2 * i], reply[r + 2 * i + 1] = 0, 0
+            else
+                if code == 1 then
+                    levels[i] = levels[i] - cost * UNIT[q]
+                    store(KEYS[k + i], REFILL[q], MAX[q], TICK[q], levels[i], stamps[i],
+                        expiries[i])
+                end
+                reply[r + 2 * i], reply[r + 2 * i + 1] = levels[i], stamps[i] - TICKS[q]
+            end
+        end
+        r = r + 1 + 2 * n
+    end
+
+    -- Policy p's quotas are FIRST[p] to FIRST[p] + COUNT[p] - 1.
+    do
+        UNIT, REFILL, MAX, TICK, TICKS = {}, {}, {}, {}, {}
+        local FIRST, COUNT = {}, {}
+        local a, k, q = 2, 0, 0
+        for p = 1, ARGV[1] + 0 do
+            local n = ARGV[a] + 0
+            FIRST[p], COUNT[p], a = q + 1, n, a + 1
+            for _ = 1, n do
+                q = q + 1
+                local tick = ARGV[a + 3] + 0
+                UNIT[q], REFILL[q], MAX[q], TICK[q] =
+                    ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0, tick
+                TICKS[q] = floor(now / tick)
+                a = a + 4
+            end
+        end
+        while a < last do
+            local p = ARGV[a] + 0
+            local n = COUNT[p]
+            if n == 1 then
+                decide_one(k, cost_of(ARGV[a + 1]), FIRST[p])
+            else
+                decide(k, cost_of(ARGV[a + 1]), FIRST[p], n)
+            end
+            a, k = a + 2, k + n
+        end
+    end
 end
 return reply

@@ -208,12 +208,67 @@ pub fn check(
         // cost ≤ capacity (validated), so cost × unit ≤ max level: no overflow.
         allowed &= measured.levels[i] >= cost * q.unit();
     }
-    let reported = if allowed {
-        measured.take(states)
-    } else {
-        measured.longest_wait()
+    if allowed {
+        measured.take(states);
+    }
+    Ok(measured.report(allowed))
+}
+
+/// One bucket as a store measured it while deciding a check elsewhere (the Redis script):
+/// its level in units, after the cost was taken if the check was admitted, and the tick it
+/// is stamped with, the later of `now`'s tick and its stored stamp's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measure {
+    /// Units in the bucket.
+    pub level: u64,
+    /// In ticks of the bucket's quota ([`Quota::ticks`]).
+    pub stamp: u64,
+}
+
+/// The [`Outcome`] of a check of `cost` at `now` that a store decided elsewhere and reported
+/// as one [`Measure`] per quota: the figures [`check`] reports, from the same math.
+///
+/// `None` when the measures cannot be such a decision: not one per quota, a level above
+/// what the quota holds (after the cost, if admitted), a stamp before `now`'s tick, or a
+/// denial that no quota denies. A caller treats that as a reply it cannot trust.
+pub fn outcome_of(
+    quotas: &[Quota],
+    measures: &[Measure],
+    now: u64,
+    cost: u64,
+    allowed: bool,
+) -> Option<Outcome> {
+    if validate(quotas, cost).is_err()
+        || quotas.len() > MAX_QUOTAS
+        || measures.len() != quotas.len()
+    {
+        return None;
+    }
+    let mut measured = Measured {
+        quotas,
+        levels: [0; MAX_QUOTAS],
+        stamps: [0; MAX_QUOTAS],
+        now,
+        cost,
     };
-    Ok(measured.outcome(allowed, reported))
+    let mut denied = false;
+    for (i, (q, m)) in quotas.iter().zip(measures).enumerate() {
+        let need = cost * q.unit();
+        let most = if allowed {
+            q.max_level() - need
+        } else {
+            q.max_level()
+        };
+        if m.level > most || m.stamp < q.ticks(now) {
+            return None;
+        }
+        denied |= m.level < need;
+        (measured.levels[i], measured.stamps[i]) = (m.level, m.stamp);
+    }
+    if !allowed && !denied {
+        return None;
+    }
+    Some(measured.report(allowed))
 }
 
 /// [`check`] of a one-quota policy, the common case, without the arrays of the general
@@ -285,19 +340,35 @@ impl Measured<'_> {
         until(q, self.stamps[i], ticks, self.now)
     }
 
-    /// Takes the cost from every bucket and writes them to `states`; returns the quota to
-    /// report: the one with the fewest whole tokens left, on a tie the one that takes
-    /// longest to fill up.
+    /// Takes the cost from every bucket and writes them to `states`.
     #[inline]
-    fn take(&mut self, states: &mut [BucketState]) -> usize {
-        let quotas = self.quotas;
-        for (i, (q, s)) in quotas.iter().zip(states.iter_mut()).enumerate() {
+    fn take(&mut self, states: &mut [BucketState]) {
+        for (i, (q, s)) in self.quotas.iter().zip(states.iter_mut()).enumerate() {
             self.levels[i] -= self.cost * q.unit();
             *s = BucketState {
                 level: self.levels[i],
                 updated: self.stamps[i] * q.tick(),
             };
         }
+    }
+
+    /// The outcome of an admitted check (the cost already taken) or a denied one, reported
+    /// by the quota that matters most.
+    #[inline]
+    fn report(&self, allowed: bool) -> Outcome {
+        let reported = if allowed {
+            self.fewest_left()
+        } else {
+            self.longest_wait()
+        };
+        self.outcome(allowed, reported)
+    }
+
+    /// The quota with the fewest whole tokens left, on a tie the one that takes longest to
+    /// fill up.
+    #[inline]
+    fn fewest_left(&self) -> usize {
+        let quotas = self.quotas;
         let key = |i: usize| {
             (
                 self.levels[i] / quotas[i].unit(),
@@ -550,5 +621,67 @@ mod tests {
         assert!(check(&quotas, &mut s[..1], 0, 1).is_err());
         assert!(check(&[], &mut [], 0, 1).is_err());
         assert_eq!(s, before);
+    }
+
+    /// The measures a store reports for a check: each bucket after the cost if admitted,
+    /// else as it stands, and its stamp in ticks.
+    fn measures(
+        quotas: &[Quota],
+        before: &[BucketState],
+        after: &[BucketState],
+        now: u64,
+    ) -> Vec<Measure> {
+        quotas
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|(q, (b, a))| {
+                let s = if a == b { b } else { a };
+                Measure {
+                    level: if a == b { b.level_at(q, now) } else { a.level },
+                    stamp: (s.updated / q.tick()).max(q.ticks(now)),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outcomes_from_measures_are_what_check_reports() {
+        let quotas = [q(5, 1_000), q(6, 60_000), Quota::per_day(20_011).unwrap()];
+        let mut s = quotas.map(|q| BucketState::full(&q, 0));
+        let mut now = 0;
+        for step in 0..40u64 {
+            now += step * 37_000;
+            let before = s;
+            let ours = check(&quotas, &mut s, now, 1 + step % 2).unwrap();
+            let m = measures(&quotas, &before, &s, now);
+            assert_eq!(
+                outcome_of(&quotas, &m, now, 1 + step % 2, ours.allowed),
+                Some(ours),
+                "step {step}"
+            );
+        }
+        let one = [q(10, 1_000)];
+        let mut s = [BucketState::full(&one[0], 0)];
+        let before = s;
+        let ours = check(&one, &mut s, 5, 3).unwrap();
+        let m = measures(&one, &before, &s, 5);
+        assert_eq!(outcome_of(&one, &m, 5, 3, true), Some(ours));
+    }
+
+    #[test]
+    fn measures_no_decision_could_give_are_refused() {
+        let quotas = [q(10, 1_000)];
+        let (max, unit) = (quotas[0].max_level(), quotas[0].unit());
+        let at = |level, stamp| [Measure { level, stamp }];
+        assert!(outcome_of(&quotas, &at(max - unit, 7), 7, 1, true).is_some());
+        // Admitted, but nothing taken; denied by a bucket that holds the cost.
+        assert_eq!(outcome_of(&quotas, &at(max, 7), 7, 1, true), None);
+        assert_eq!(outcome_of(&quotas, &at(unit, 7), 7, 1, false), None);
+        // More than a full bucket; a stamp before now; a measure per quota missing.
+        assert_eq!(outcome_of(&quotas, &at(max + 1, 7), 7, 1, false), None);
+        assert_eq!(outcome_of(&quotas, &at(0, 6), 7, 1, false), None);
+        assert_eq!(outcome_of(&quotas, &[], 7, 1, false), None);
+        // A cost that could never pass.
+        assert_eq!(outcome_of(&quotas, &at(0, 7), 7, 11, false), None);
     }
 }

@@ -215,7 +215,7 @@ impl Quota {
 
     /// `us` microseconds as whole ticks of this quota, rounded down.
     #[inline]
-    pub(crate) fn ticks(&self, us: u64) -> u64 {
+    pub fn ticks(&self, us: u64) -> u64 {
         if self.tick == 1 { us } else { us / self.tick }
     }
 }

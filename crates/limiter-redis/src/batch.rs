@@ -17,13 +17,13 @@ use tokio::sync::oneshot;
 
 use crate::BACKEND;
 use crate::connection::Inner;
-use crate::script::Call;
+use crate::script::{Answer, Call, answers};
 
 /// Most checks a connection's queue holds. Callers are bounded by their own deadline; this
 /// bounds the memory of a queue whose connection hangs.
 const QUEUED: usize = 4096;
 
-type Reply = Result<[i64; 5], Error>;
+type Reply = Result<Answer, Error>;
 
 /// One connection's state.
 #[derive(Default)]
@@ -201,33 +201,14 @@ async fn send(inner: &Inner, lane: usize, jobs: &mut Vec<Job>) {
                 inner.forget(lane, generation);
             }
         }
-        Some(Ok(reply)) if reply.len() == 5 * jobs.len() => {
-            for (job, fields) in jobs.drain(..).zip(reply.chunks_exact(5)) {
-                let fields = <[i64; 5]>::try_from(fields).map_err(|_| {
-                    Error::backend(
-                        BACKEND,
-                        ErrorKind::Reply,
-                        "a check's reply is not five integers",
-                    )
-                });
-                let _ = job.reply.send(fields); // a caller that left needs no answer
+        Some(Ok(reply)) => match answers(&reply, call.sizes()) {
+            Ok(answers) => {
+                for (job, answer) in jobs.drain(..).zip(answers) {
+                    let _ = job.reply.send(Ok(answer)); // a caller that left needs no answer
+                }
             }
-        }
-        Some(Ok(reply)) => {
-            let count = jobs.len();
-            fail(
-                jobs,
-                Error::backend(
-                    BACKEND,
-                    ErrorKind::Reply,
-                    format!(
-                        "script replied {} values for {count} checks, expected {}",
-                        reply.len(),
-                        5 * count
-                    ),
-                ),
-            );
-        }
+            Err(e) => fail(jobs, e),
+        },
         Some(Err(e)) => fail(jobs, inner.failed(lane, generation, e)),
     }
 }

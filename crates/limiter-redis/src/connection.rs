@@ -9,7 +9,7 @@ use limiter_core::{Error, ErrorKind};
 use parking_lot::Mutex;
 
 use crate::error::{classify, classify_pool};
-use crate::script::{Call, SCRIPT, parse_reply, probe_key};
+use crate::script::{Answer, Call, SCRIPT, answers, probe_key};
 use crate::topology::{Conn, Connect, Source};
 use crate::{BACKEND, RedisConfig, batch};
 
@@ -93,7 +93,7 @@ impl Inner {
     pub(crate) async fn probe(&self, i: usize, key: String) -> Result<(), Error> {
         let call = Call::probe(key);
         let reply = self.run_on(i, &call).await?;
-        match parse_reply(reply, 1, |_| call.keys[0].clone()) {
+        match reply.allowed(1, |_| call.keys[0].clone()) {
             // The probe's key holds something else: it is the probe's own, so it is cleared
             // and the probe asked again, or the circuit could never close.
             Err(e) if e.is_per_check() => {
@@ -104,7 +104,7 @@ impl Inner {
                     .await
                     .map_err(|e| self.failed(i, generation, e))?;
                 let reply = self.run_on(i, &call).await?;
-                parse_reply(reply, 1, |_| call.keys[0].clone()).map(drop)
+                reply.allowed(1, |_| call.keys[0].clone()).map(drop)
             }
             other => other.map(drop),
         }
@@ -117,18 +117,15 @@ impl Inner {
     }
 
     /// One check as its own script call, on connection `i`.
-    pub(crate) async fn run_on(&self, i: usize, call: &Call) -> Result<[i64; 5], Error> {
+    pub(crate) async fn run_on(&self, i: usize, call: &Call) -> Result<Answer, Error> {
         let (generation, mut conn) = self.connection(i).await?;
         let guard = StallGuard::new(self, i, generation);
         let result = call.eval(&mut conn, &self.sha).await;
         guard.disarm();
         let reply = result.map_err(|e| self.failed(i, generation, e))?;
-        <[i64; 5]>::try_from(reply).map_err(|reply| {
-            Error::backend(
-                BACKEND,
-                ErrorKind::Reply,
-                format!("script replied {} values, expected 5", reply.len()),
-            )
+        let mut answers = answers(&reply, call.sizes())?;
+        answers.next().ok_or_else(|| {
+            Error::backend(BACKEND, ErrorKind::Reply, "a call of no checks was sent")
         })
     }
 

@@ -1,10 +1,13 @@
 //! Token buckets shared by every worker, decided atomically inside Redis.
 //!
-//! Checks are decided by [`SCRIPT`] (`lua/token_bucket.lua`, the transliteration of
+//! Checks are decided by [`SCRIPT`] (`lua/token_bucket.lua`, the Redis half of
 //! [`limiter_core::bucket::check`]) over every quota of the client's policy, by `EVALSHA`:
 //! one call per check when the worker is idle, one call for many concurrent checks when it
-//! is busy (see [Batching](#batching)). Time is Redis's `TIME`; keys carry a TTL equal to
-//! their time to refill, so idle clients cost nothing.
+//! is busy (see [Batching](#batching)). The script measures, takes and stores; the worker
+//! turns its reply into the decision with the core's own math
+//! ([`limiter_core::bucket::outcome_of`]). Time is Redis's `TIME`; a key outlives its
+//! bucket's time to refill and expires within twice that ([`Expiry`]), so idle clients cost
+//! nothing.
 //!
 //! ```no_run
 //! use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
@@ -23,13 +26,15 @@
 //! ```
 //!
 //! # Keys
-//! `rl:{<hash>}:<policy>:<tokens>-<period µs>-<capacity>`, one per quota, where `<hash>` is the
-//! client's [`ClientKey`] in hex: never the raw ID. A quota that counts time in ticks coarser
-//! than a microsecond ([`Quota::tick`]) adds `-t<tick>`, so its buckets are never read in
-//! other units. The `{<hash>}` hash tag puts every key of
-//! one client on one Redis Cluster slot, so the script runs unchanged on a cluster. The
-//! quota's numbers are part of the key, so changing a policy starts fresh buckets instead of
-//! reading state kept in other units.
+//! `rl:{<hash>}:<policy>:<tokens>-<period µs>-<capacity>:v2`, one per quota, where `<hash>`
+//! is the client's [`ClientKey`] in hex: never the raw ID. A quota that counts time in ticks
+//! coarser than a microsecond ([`Quota::tick`]) adds `-t<tick>` before the `:v2`, so its
+//! buckets are never read in other units. The `{<hash>}` hash tag puts every key of one
+//! client on one Redis Cluster slot, so the script runs unchanged on a cluster. The quota's
+//! numbers are part of the key, so changing a policy starts fresh buckets instead of reading
+//! state kept in other units; `:v2` names the stored format ([`StoredBucket`]), so workers
+//! of an older version (text buckets, no suffix) and of this one never read each other's
+//! buckets during a rolling upgrade.
 //!
 //! # Connections
 //! The limiter keeps [`RedisConfig::connections`] multiplexed connections open and spreads
@@ -75,17 +80,19 @@ mod config;
 mod connection;
 mod error;
 mod script;
+mod stored;
 mod topology;
 
 pub use config::{RedisConfig, redacted};
 pub use script::SCRIPT;
+pub use stored::{Expiry, StoredBucket};
 pub use topology::{Topology, hash_slot};
 
 /// The `redis` crate this backend is built on, so users share one version.
 pub use deadpool_redis::redis;
 
 use connection::Inner;
-use script::{Call, bucket_key, parse_reply};
+use script::{Call, bucket_key};
 use topology::{Slots, Source};
 
 const BACKEND: &str = "redis";
@@ -139,7 +146,7 @@ impl RedisLimiter {
 
     /// Opens every connection now and checks that Redis answers on each, instead of on
     /// first use, then that it can decide: one check of the script on a probe key of its
-    /// own (`rl:{probe}:write`, which lives a millisecond), so a Redis that answers `PING`
+    /// own (`rl:{probe}:write:v2`, which lives two milliseconds), so a Redis that answers `PING`
     /// but refuses writes (`OOM`, `MISCONF`) or the script (`NOPERM`) is not taken for
     /// healthy. A kept connection that fails (Redis restarted since it was opened) is
     /// replaced and asked again once: `PING` is safe to repeat, unlike a check. Each step is
@@ -186,7 +193,7 @@ impl RateLimiter for RedisLimiter {
         let reply = tokio::time::timeout(inner.config.timeout, reply)
             .await
             .map_err(|_| inner.timed_out())??;
-        let outcome = parse_reply(reply, quotas.len(), |q| bucket_key(key, policy, &quotas[q]))?;
+        let outcome = reply.outcome(quotas, cost, |q| bucket_key(key, policy, &quotas[q]))?;
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
     }
 

@@ -91,6 +91,48 @@ async fn concurrent_checks_share_script_calls_and_decide_the_same() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_several_policies_share_calls_and_decide_the_same() {
+    // A call sends each policy's quotas once and each check names its policy: checks of a
+    // one-quota policy, of a two-quota one, and of a third policy with the first's quotas
+    // under another name, all in the same calls, each decided as if alone.
+    let redis_server = support::TestRedis::container().await;
+    let limiter = Arc::new(redis_server.limiter());
+    limiter.warm_up().await.unwrap();
+    let day = Quota::per_day(1_000).unwrap();
+    let policies = [
+        Arc::new(Policy::new("one", [day]).unwrap()),
+        Arc::new(Policy::new("two", [Quota::per_hour(2_000).unwrap(), day]).unwrap()),
+        Arc::new(Policy::new("same", [day]).unwrap()),
+    ];
+    reset_stats(&redis_server).await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let limiter = limiter.clone();
+            let policy = policies[t as usize % policies.len()].clone();
+            tokio::spawn(async move {
+                let client = ClientKey::from(t);
+                for k in 1..=CHECKS_PER_TASK {
+                    let decision = limiter.check(&client, &policy, 1).await.unwrap();
+                    assert!(decision.allowed);
+                    // The day's bucket has the fewest tokens left in every policy.
+                    assert_eq!(decision.remaining, 1_000 - k, "client {t}, check {k}");
+                    assert_eq!(decision.limit, 1_000);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let checks = (TASKS as u64) * CHECKS_PER_TASK;
+    let calls = script_calls(&redis_server).await;
+    assert!(
+        calls <= checks / 2,
+        "{checks} concurrent checks took {calls} script calls: they were not batched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_is_not_a_bucket_fails_only_its_own_check() {
     let redis_server = support::TestRedis::container().await;
     let limiter = Arc::new(redis_server.limiter());

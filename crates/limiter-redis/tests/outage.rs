@@ -172,13 +172,13 @@ async fn a_call_abandoned_at_a_short_deadline_replaces_its_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_key_holding_something_else_does_not_keep_redis_out() {
-    // The probe's own key is `rl:{probe}:write`; should it ever hold something other than a
+    // The probe's own key is `rl:{probe}:write:v2`; should it ever hold something other than a
     // bucket, the probe clears it instead of failing for ever (a fallback's circuit would
     // never close).
     let redis = support::TestRedis::container().await;
     let mut raw = redis.raw().await;
     let _: () = limiter_redis::redis::cmd("HSET")
-        .arg(&["rl:{probe}:write", "field", "value"])
+        .arg(&["rl:{probe}:write:v2", "field", "value"])
         .query_async(&mut raw)
         .await
         .unwrap();

@@ -12,7 +12,7 @@ use limiter_core::{ClientKey, Error, Partitioned};
 
 use super::{Conn, Source, nodes};
 use crate::connection::Inner;
-use crate::script::key;
+use crate::script::{FORMAT, key};
 use crate::{RedisConfig, redacted};
 
 /// Retries of a cluster command (redirections, reconnections).
@@ -47,10 +47,10 @@ pub(super) fn source(config: &RedisConfig) -> Result<Source, Error> {
 /// Hash slots of a Redis Cluster.
 pub(crate) const SLOTS: usize = 16384;
 
-/// The key a probe of `slot` runs the script on: no client's (clients' tags are 32 hex
-/// digits), and it lives a millisecond.
+/// The key a probe of `slot` runs the script on, `rl:{<tag>}:probe:v2`: no client's
+/// (clients' tags are 32 hex digits), and it lives two milliseconds.
 pub(crate) fn slot_probe_key(slot: u16) -> String {
-    key(slot_tag(slot), format_args!("probe"))
+    key(slot_tag(slot), format_args!("probe:{FORMAT}"))
 }
 
 /// A hash tag whose slot is `slot`: the smallest number, in hex, that CRC16 maps there.
