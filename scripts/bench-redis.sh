@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Redis backend vs redis-benchmark running the same script, side by side in one run.
+# Redis backend vs redis-benchmark running the same script, side by side in one run, with
+# Redis's CPU per decision.
 #
 #   scripts/bench-redis.sh [SECS_PER_POINT] [TASKS...]      (defaults: 5 s; 1 16 64 256)
 #
@@ -7,8 +8,10 @@
 # redis-tools if missing), loads lua/token_bucket.lua, and for each concurrency runs
 #   - redis-benchmark: EVALSHA of that script, one check per call, -P 1 and -P 16, and PING
 #     (the round-trip floor);
-#   - the limiter-redis throughput bench: RedisLimiter::check in a closed loop, batched (the
-#     default) and with max_batch = 1 (one call per check, like redis-benchmark's);
+#   - limiter-bench --backend redis: RedisLimiter::check in a closed loop, batched (the
+#     default) and with --max-batch 1 (one call per check, like redis-benchmark's), each
+#     with Redis's CPU per decision: the time Redis spent in the script over the run (its
+#     own INFO commandstats, EVALSHA and EVAL) divided by the checks decided;
 # on 10,000 keys, then prints a markdown table.
 #
 # The quota admits every check (the costlier path, which writes) and refills one token per
@@ -37,9 +40,11 @@ for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep
 
 cli() { redis-cli -p "$PORT" "$@"; }
 sha=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua)")
-# One check, as the Rust bench's: cost 1, one quota of 1 per second with a burst of 1e9
-# (unit 1e6 µs-units per token, refill 1 unit per µs, max 1e15 units).
-evalsha=(EVALSHA "$sha" 1 "rl:{__rand_int__}:bench:1-1000000-1000000000" 1 1 1000000 1 1000000000000000)
+# One check, as limiter-bench's: one policy of one quota of 1 per second with a burst of
+# 1e9 (unit 1e6 µs-units per token, refill 1 unit per µs, max 1e15 units, tick 1), then the
+# check: policy 1, cost 1.
+evalsha=(EVALSHA "$sha" 1 "rl:{__rand_int__}:bench:1-1000000-1000000000:v2"
+    1 1 1000000 1 1000000000000000 1 1 1)
 
 # requests per point: enough for about SECS seconds at the measured ceilings
 # redis-benchmark's CSV: "test","rps","avg_latency_ms","min","p50","p95","p99","max"
@@ -49,26 +54,29 @@ rb_p50_p99() {
         awk -F'","' 'NR == 2 { gsub(/"/, "", $0); split($0, f, ","); printf "%.0f %.0f %.0f", f[2], f[5] * 1000, f[7] * 1000 }'
 }
 
-cargo build --release -q -p limiter-redis --benches
-throughput() {
-    REDIS_URL="redis://127.0.0.1:$PORT" MAX_BATCH=$1 \
-        cargo bench -q -p limiter-redis --bench throughput -- "$SECS" $TASKS 2>/dev/null | tail -n +2
+cargo build --release -q -p limiter-bench
+bench=target/release/limiter-bench
+json() { python3 -c "import json,sys; r=json.load(sys.stdin); print(' '.join(str(r.get(k)) for k in sys.argv[1:]))" "$@"; }
+ours() {
+    "$bench" --backend redis --redis-url "redis://127.0.0.1:$PORT" --concurrency "$1" --keys 10000 \
+        --duration "$SECS" --limit 1 --burst 1000000000 --max-batch "$2" --json |
+        json checks_per_sec p50_us p99_us errors redis_us_per_check checks_per_call
 }
-ours=$(throughput "")  # the default
-single=$(throughput 1)
 
-echo "| tasks / clients | limiter-redis checks/s | p50 µs | p99 µs | errors | max_batch 1 checks/s | redis-benchmark EVALSHA -P 1 /s | p50 µs | p99 µs | EVALSHA -P 16 /s | ours ÷ -P 16 | PING -P 1 /s | PING p99 µs | batched ÷ max_batch 1 |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| tasks / clients | limiter-redis checks/s | p50 µs | p99 µs | errors | Redis µs/check | checks/call | max_batch 1 checks/s | Redis µs/check, max_batch 1 | redis-benchmark EVALSHA -P 1 /s | p50 µs | p99 µs | EVALSHA -P 16 /s | ours ÷ -P 16 | PING -P 1 /s | PING p99 µs | batched ÷ max_batch 1 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for c in $TASKS; do
     n=$((SECS * (c == 1 ? 4000 : 30000)))
     read -r ev_rps ev_p50 ev_p99 <<<"$(rb_p50_p99 "$c" 1 "$n" "${evalsha[@]}")"
     read -r evp_rps _ _ <<<"$(rb_p50_p99 "$c" 16 "$((n * 3))" "${evalsha[@]}")"
     read -r ping_rps _ ping_p99 <<<"$(rb_p50_p99 "$c" 1 "$n" PING)"
-    read -r _ o_rps o_p50 o_p99 o_err <<<"$(echo "$ours" | awk -v c="$c" '$1 == c')"
-    read -r _ s_rps _ _ s_err <<<"$(echo "$single" | awk -v c="$c" '$1 == c')"
+    read -r o_rps o_p50 o_p99 o_err o_cpu o_per <<<"$(ours "$c" 64)"
+    read -r s_rps _ _ s_err s_cpu _ <<<"$(ours "$c" 1)"
     ratio=$(awk -v a="$o_rps" -v b="$evp_rps" 'BEGIN { printf "%.2f", a / b }')
     gain=$(awk -v a="$o_rps" -v b="$s_rps" 'BEGIN { printf "%.2f", a / b }')
-    echo "| $c | $o_rps | $o_p50 | $o_p99 | $((o_err + s_err)) | $s_rps | $ev_rps | $ev_p50 | $ev_p99 | $evp_rps | $ratio | $ping_rps | $ping_p99 | $gain |"
+    printf '| %s | %.0f | %s | %s | %s | %.2f | %.1f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+        "$c" "$o_rps" "$o_p50" "$o_p99" "$((o_err + s_err))" "$o_cpu" "$o_per" "$s_rps" "$s_cpu" \
+        "$ev_rps" "$ev_p50" "$ev_p99" "$evp_rps" "$ratio" "$ping_rps" "$ping_p99" "$gain"
 done
 
 # Latency at half of peak load, against the round trip at the same load. The peak is the
@@ -77,10 +85,7 @@ done
 # through the same client (the floor). Twice: with the client and Redis sharing both cores,
 # and with Redis on core 1 and the client on core 0, as on a deployment where Redis has a
 # CPU of its own (sharing, the client's threads preempt Redis for whole time slices).
-cargo build --release -q -p limiter-bench
-bench=target/release/limiter-bench
 top=${TASKS##* }
-json() { python3 -c "import json,sys; r=json.load(sys.stdin); print(' '.join(str(r[k]) for k in sys.argv[1:]))" "$@"; }
 PIN=()
 run_bench() {
     ${PIN[@]+"${PIN[@]}"} "$bench" --redis-url "redis://127.0.0.1:$PORT" --concurrency "$top" \

@@ -4,9 +4,11 @@
 #
 #   scripts/bench.sh [ROUNDS] [SECS]      (defaults: 3 rounds, 5 s per measurement)
 #
-# Output: target/bench/report.md (also printed); each round's raw output under
-# target/bench/round-N/. Takes about 6 minutes per round at the defaults. Installs what it
-# lacks from Debian's packages (wrk; redis-server and redis-tools, via bench-redis.sh).
+# Output: target/bench/report.md (also printed), with SVG plots of the Redis figures beside
+# it (checks/s and p99 against concurrency, Redis CPU per decision); each round's raw output
+# under target/bench/round-N/. Takes about 6 minutes per round at the defaults. Installs
+# what it lacks: wrk, redis-server and redis-tools from Debian's packages, and matplotlib
+# (for the plots) from PyPI into target/bench-venv.
 #
 #   1. memory backend vs governor: `cargo bench -p limiter-memory --bench check` (criterion);
 #   2. Redis backend vs redis-benchmark on the same script, and p99 at half of peak load vs
@@ -119,13 +121,55 @@ PY
     done
 done
 
-python3 - "$out" "$ROUNDS" "$SECS" >"$out/report.md" <<'PY'
+# The report's plots: matplotlib, in a virtual environment of its own under target/.
+venv=target/bench-venv
+if ! "$venv/bin/python" -c "import matplotlib" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q matplotlib
+fi
+
+"$venv/bin/python" - "$out" "$ROUNDS" "$SECS" >"$out/report.md" <<'PY'
 import glob, json, re, statistics, sys
 out, rounds, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 dirs = sorted(glob.glob(f"{out}/round-*"))
 med = statistics.median
 def fmt(x, d=0): return f"{x:,.{d}f}"
 p = print
+
+def plots(out, curves):
+    """SVG plots of the Redis figures beside the report, if matplotlib is there."""
+    try:
+        import matplotlib
+        matplotlib.use("svg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    tasks = sorted(curves)
+    def plot(name, title, ylabel, series, log=False):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for label, key in series:
+            ax.plot(tasks, [curves[t][key] for t in tasks], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(tasks, [str(t) for t in tasks])
+        ax.set_xlabel("concurrent tasks (clients)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(f"{out}/{name}.svg")
+        plt.close(fig)
+    plot("checks-per-sec", "Checks per second, one Redis", "checks/s",
+         [("limiter-redis, batched", "batched"), ("limiter-redis, max_batch 1", "max_batch 1"),
+          ("redis-benchmark EVALSHA -P 1", "redis-benchmark -P 1"),
+          ("redis-benchmark EVALSHA -P 16", "redis-benchmark -P 16")])
+    plot("p99", "p99 latency, closed loop", "µs", [("limiter-redis, batched", "p99 batched"),
+         ("redis-benchmark EVALSHA -P 1", "p99 -P 1")], log=True)
+    plot("redis-cpu", "Redis CPU per decision (INFO commandstats)", "µs per check",
+         [("batched", "cpu batched"), ("max_batch 1", "cpu max_batch 1")])
+    return True
 
 p(f"# limiter benchmarks: {rounds} rounds, {secs} s per measurement\n")
 p("Medians over rounds; each ratio is taken within a round, then its median is shown.\n")
@@ -153,20 +197,32 @@ def table_rows(path, columns):
         if len(cells) == columns and re.fullmatch(r"\d+", cells[0]):
             rows.append(cells)
     return rows
+# bench-redis.sh's columns: tasks, checks/s, p50, p99, errors, Redis µs/check, checks/call,
+# max_batch 1 checks/s, its Redis µs/check, EVALSHA -P 1 /s, p50, p99, EVALSHA -P 16 /s,
+# ours ÷ -P 16, PING /s, PING p99, batched ÷ max_batch 1.
 tput, half = {}, []
 for d in dirs:
-    for r in table_rows(f"{d}/redis.md", 14):
+    for r in table_rows(f"{d}/redis.md", 17):
         tput.setdefault(int(r[0]), []).append(r)
     half += table_rows(f"{d}/redis.md", 12)
 p("\n## Redis backend vs redis-benchmark, same script (goal: ≥ 0.9 × EVALSHA -P 16 at the top concurrency)\n")
-p("| tasks = clients | limiter-redis checks/s | p99 µs | max_batch 1 checks/s | batched ÷ max_batch 1 | EVALSHA -P 1 /s | EVALSHA -P 16 /s | ours ÷ -P 1 | ours ÷ -P 16 | PING -P 1 /s | errors |")
-p("|---|---|---|---|---|---|---|---|---|---|---|")
+p("Redis µs/check: the time Redis spent in the script (its `INFO commandstats`) per decision.\n")
+p("| tasks = clients | limiter-redis checks/s | p99 µs | Redis µs/check | checks/call | max_batch 1 checks/s | Redis µs/check, max_batch 1 | batched ÷ max_batch 1 | EVALSHA -P 1 /s | EVALSHA -P 16 /s | ours ÷ -P 1 | ours ÷ -P 16 | PING -P 1 /s | errors |")
+p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+curves = {}
 for tasks in sorted(tput):
     rs = tput[tasks]
     col = lambda i: med(float(r[i]) for r in rs)
-    p(f"| {tasks} | {fmt(col(1))} | {fmt(col(3))} | {fmt(col(5))} | {med(float(r[13]) for r in rs):.2f} "
-      f"| {fmt(col(6))} | {fmt(col(9))} | {med(float(r[1]) / float(r[6]) for r in rs):.2f} "
-      f"| **{med(float(r[10]) for r in rs):.2f}** | {fmt(col(11))} | {sum(int(r[4]) for r in rs)} |")
+    curves[tasks] = {"batched": col(1), "max_batch 1": col(7), "redis-benchmark -P 1": col(9),
+                     "redis-benchmark -P 16": col(12), "p99 batched": col(3), "p99 -P 1": col(11),
+                     "cpu batched": col(5), "cpu max_batch 1": col(8)}
+    p(f"| {tasks} | {fmt(col(1))} | {fmt(col(3))} | **{col(5):.2f}** | {col(6):.1f} | {fmt(col(7))} "
+      f"| **{col(8):.2f}** | {col(16):.2f} | {fmt(col(9))} | {fmt(col(12))} "
+      f"| {med(float(r[1]) / float(r[9]) for r in rs):.2f} | **{col(13):.2f}** | {fmt(col(14))} "
+      f"| {sum(int(r[4]) for r in rs)} |")
+if plots(out, curves):
+    p("\n![checks/s against concurrency](checks-per-sec.svg) ![p99 against concurrency](p99.svg) "
+      "![Redis CPU per decision](redis-cpu.svg)")
 if half:
     p("\n## Latency at half of peak load vs PING at that load (goal: p99 ≤ 2 × PING p99)\n")
     p("Cores: `shared`, the client and Redis on both cores; `split`, Redis on core 1 and the client on core 0.\n")

@@ -17,6 +17,7 @@ use clap::Parser;
 
 mod args;
 mod run;
+mod script_cpu;
 mod serve;
 mod target;
 

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use limiter_redis::{Topology, redis};
+
 use crate::args::{Args, BackendKind};
+use crate::script_cpu::ScriptCpu;
 use crate::target::{Outcome, Target, target};
 
 #[derive(Debug, Serialize)]
@@ -36,6 +39,14 @@ pub(crate) struct Report {
     /// Buckets the memory limiter holds at the end (memory backend).
     #[serde(skip_serializing_if = "Option::is_none")]
     tracked_buckets: Option<usize>,
+    /// Redis CPU per decision in µs: the time Redis spent running the script over the run
+    /// (`INFO commandstats`, `EVALSHA` and `EVAL`) divided by the checks (redis and fallback
+    /// backends on one Redis; other clients' script calls in the same Redis count too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_us_per_check: Option<f64>,
+    /// Checks per script call over the run, as batched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks_per_call: Option<f64>,
     /// Peak resident memory of this process (Linux `VmHWM`), in KiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_rss_kib: Option<u64>,
@@ -50,6 +61,11 @@ struct Tally {
 
 pub(crate) async fn run(args: &Args, duration: Duration, wait: Duration) -> Result<Report, String> {
     let (target, memory) = target(args).await?;
+    let mut stats = script_stats(args).await?;
+    let before = match &mut stats {
+        Some(conn) => Some(ScriptCpu::read(conn).await?),
+        None => None,
+    };
     if let Target::Http(http, urls, _) = &target {
         wait_for(http, &urls[0], wait).await?;
     }
@@ -78,13 +94,32 @@ pub(crate) async fn run(args: &Args, duration: Duration, wait: Duration) -> Resu
         latencies.add(&h).map_err(|e| format!("histogram: {e}"))?;
         tally.add(&t);
     }
-    Ok(Report::new(
-        args,
-        started.elapsed(),
-        &latencies,
-        &tally,
-        memory.map(|m| m.len()),
-    ))
+    let elapsed = started.elapsed();
+    let mut report = Report::new(args, elapsed, &latencies, &tally, memory.map(|m| m.len()));
+    if let (Some(conn), Some(before)) = (&mut stats, before) {
+        let after = ScriptCpu::read(conn).await?;
+        if let Some((us, per_call)) = after.per_check(before, report.checks) {
+            report.redis_us_per_check = Some(us);
+            report.checks_per_call = Some(per_call);
+        }
+    }
+    Ok(report)
+}
+
+/// A connection of its own to the Redis the checks go to, for its script statistics: for
+/// the redis and fallback backends on one Redis (a cluster's are spread over its masters).
+async fn script_stats(args: &Args) -> Result<Option<redis::aio::MultiplexedConnection>, String> {
+    if !matches!(args.backend, BackendKind::Redis | BackendKind::Fallback)
+        || Topology::of(&args.redis_url) != Topology::Single
+    {
+        return Ok(None);
+    }
+    let client = redis::Client::open(args.redis_url.as_str()).map_err(|e| format!("redis: {e}"))?;
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("redis: {e}"))?;
+    Ok(Some(conn))
 }
 
 /// What every load task shares.
@@ -166,6 +201,8 @@ impl Report {
             errors: tally.errors,
             rate: args.rate,
             tracked_buckets,
+            redis_us_per_check: None,
+            checks_per_call: None,
             max_rss_kib: max_rss_kib(),
         }
     }
