@@ -71,9 +71,9 @@ impl RedisConfig {
         }
     }
 
-    /// Checks every setting but the URL (which [`RedisLimiter::new`](crate::RedisLimiter::new)
-    /// checks as it reads it), naming the key as a `[redis]` section of a file would: an
-    /// application can refuse a bad section even when it does not connect to Redis.
+    /// Checks every setting but the URL ([`validate_url`](Self::validate_url) checks that),
+    /// naming the key as a `[redis]` section of a file would: an application can refuse a bad
+    /// section even when it does not connect to Redis.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the first bad key.
@@ -101,6 +101,16 @@ impl RedisConfig {
             }
         }
         Ok(())
+    }
+
+    /// Checks the URL as [`RedisLimiter::new`](crate::RedisLimiter::new) reads it (its
+    /// scheme, every node, a Sentinel's master), without connecting: whatever passes, the
+    /// constructor accepts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] saying what is wrong, the password redacted.
+    pub fn validate_url(&self) -> Result<(), Error> {
+        crate::topology::Source::new(self).map(drop)
     }
 }
 

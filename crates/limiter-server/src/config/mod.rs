@@ -249,6 +249,14 @@ impl Config {
         self.check_own()?;
         self.memory.validate()?;
         self.redis.validate()?;
+        if let Some(url) = &self.redis_url {
+            RedisConfig {
+                url: url.clone(),
+                ..self.redis.clone()
+            }
+            .validate_url()
+            .map_err(|e| ConfigError::refused("redis_url", e))?;
+        }
         self.fallback.validate()?;
         Ok(())
     }
@@ -463,6 +471,37 @@ mod tests {
             Config::load(&cli(&["--redis-url", "redis://127.0.0.1"])).unwrap_err()
         });
         assert!(e.to_string().contains("hash_secret"), "{e}");
+    }
+
+    #[test]
+    fn urls_redis_cannot_read_are_refused_before_start() {
+        // Found by the config fuzz target: this URL loaded, then App::new refused it, so
+        // `ratelimitd config` called a file good that would not start.
+        for url in [
+            "redis://u2:wp7@1.03670.:1.9",
+            "redis+cluster://u:pw-123@,",
+            "redis+sentinel://pw-123@127.0.0.1:26379",
+        ] {
+            let e = with_env(&[("RATELIMIT_HASH_SECRET", "0123456789abcdef")], || {
+                Config::load(&cli(&["--redis-url", url])).unwrap_err()
+            });
+            let shown = e.to_string();
+            assert!(shown.contains("redis_url"), "{url}: {shown}");
+            assert!(
+                !shown.contains("pw-123") && !shown.contains("wp7"),
+                "{shown}"
+            );
+        }
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis+cluster://a:1,b:2",
+            "redis+sentinel://s:26379/m",
+        ] {
+            let c = with_env(&[("RATELIMIT_HASH_SECRET", "0123456789abcdef")], || {
+                Config::load(&cli(&["--redis-url", url])).unwrap()
+            });
+            assert!(crate::App::new(&c).is_ok(), "{url}");
+        }
     }
 
     #[test]
