@@ -8,7 +8,7 @@
 # pause, cut off and restart them) and need root for iptables. The cluster and Sentinel
 # tests run redis-server processes on loopback ports (Debian's redis-server, installed
 # here). If neither can be had the Redis tests fail, saying what to
-# install; nothing is skipped.
+# install; nothing is skipped. Then every fuzz target runs for a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,13 @@ fi
 
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
+
+# Every fuzz target builds and survives a few seconds from its seed corpus, so none rots
+# between long runs (scripts/fuzz.sh 600, the README's command). Not when arguments pick
+# some tests: then the run is about those.
+if [ $# -eq 0 ]; then
+    scripts/fuzz.sh 5 || status=$?
+fi
 if [ "$images" = failed ]; then
     echo "error: the Redis images could not be prepared (see above); the Redis tests need Docker" >&2
     status=1
