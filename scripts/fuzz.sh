@@ -48,7 +48,13 @@ for target in "${targets[@]}"; do
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1; then
         tail -n 40 "$log" >&2
-        echo "FAILED: $target found a crash, a panic or a hang; the input is in $artifacts/" >&2
+        if [ -n "$(ls -A "$artifacts")" ]; then
+            echo "FAILED: $target found a crash, a panic or a hang; the input is in $artifacts/" >&2
+        else
+            # A stack overflow kills the process before libFuzzer can save the input.
+            echo "FAILED: $target died without saving its input (a stack overflow does that);" \
+                "look for deep nesting or recursion in the log above" >&2
+        fi
         rm -f "$log"
         exit 1
     fi

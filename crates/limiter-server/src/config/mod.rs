@@ -367,26 +367,55 @@ fn checked_file(path: &Path) -> Result<&Path, ConfigError> {
     }
 }
 
-/// Refuses the environment values figment would misread. Its parser (0.10.19) slices a
-/// quoted string at the first backslash by the count of characters before it, not of bytes:
-/// with a non-ASCII character before it, that panics or silently drops characters (found by
-/// the config fuzz target). No setting read this way needs either, so a value with both is
-/// refused, naming the variable and not echoing the value.
+/// Refuses the environment values figment (0.10.19) would misread or could not read, naming
+/// the variable and not echoing the value. Both were found by the config fuzz target:
+/// - its parser slices a quoted string at the first backslash by the count of characters
+///   before it, not of bytes: with a non-ASCII character before it, that panics or silently
+///   drops characters. No setting read this way needs either, so a value with both is
+///   refused;
+/// - it parses arrays and tables by recursion without a bound, so a few thousand `[`
+///   overflow the stack. No setting nests deeper than a list of tables (2).
 fn refuse_misread_values(env: &Env) -> Result<(), ConfigError> {
     for (key, value) in env.iter() {
-        if value.contains('\\') && !value.is_ascii() {
-            let var = format!(
-                "{ENV_PREFIX}{}",
-                key.as_str().replace('.', "__").to_ascii_uppercase()
-            );
-            return Err(ConfigError::field(
-                &var,
-                "a value with both a backslash and a non-ASCII character cannot be read; \
-                 write the character itself, or set it in the config file",
-            ));
-        }
+        let problem = if value.contains('\\') && !value.is_ascii() {
+            "a value with both a backslash and a non-ASCII character cannot be read; write \
+             the character itself, or set it in the config file"
+        } else if nesting(&value) > MAX_ENV_NESTING {
+            "arrays and tables nested this deep cannot be read"
+        } else {
+            continue;
+        };
+        let var = format!(
+            "{ENV_PREFIX}{}",
+            key.as_str().replace('.', "__").to_ascii_uppercase()
+        );
+        return Err(ConfigError::field(&var, problem));
     }
     Ok(())
+}
+
+/// The deepest arrays and tables an environment value may hold.
+const MAX_ENV_NESTING: usize = 16;
+
+/// How deep `[` and `{` nest in `value` outside quoted strings (closing ones included or
+/// not: an upper bound of the parser's recursion).
+fn nesting(value: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0);
+    let (mut quoted, mut escaped) = (false, false);
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '[' | '{' if !quoted => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' if !quoted => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// figment's error as one line per problem, each naming the key and where it came from.
@@ -547,6 +576,18 @@ mod tests {
             );
             assert!(!shown.contains(value), "{shown}");
         }
+        // Nesting deep enough to overflow figment's parser's stack: refused.
+        let deep = "[".repeat(5_000);
+        let e = with_env(
+            &[
+                ("RATELIMIT_HASH_SECRET", "0123456789abcdef"),
+                ("RATELIMIT_TIERS__ANONYMOUS__QUOTAS", &deep),
+            ],
+            || Config::load(&cli(&[])).unwrap_err(),
+        );
+        assert!(e.to_string().contains("nested"), "{e}");
+        // Brackets inside strings do not count; a list of tables is 2 deep.
+        assert_eq!(super::nesting(r#"[{ a = "[[\"[" }, { b = 1 }]"#), 2);
         // Escapes in ASCII values are still read.
         let c = with_env(
             &[
