@@ -44,7 +44,9 @@ for target in "${targets[@]}"; do
     mkdir -p "$corpus" "$artifacts"
     echo "fuzzing $target for ${SECONDS_EACH}s" >&2
     log=$(mktemp)
-    if ! cargo fuzz run "${fuzz[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
+    # The config target writes its input to a file under TMPDIR; keep those under target/.
+    mkdir -p target/fuzz-tmp
+    if ! TMPDIR=$PWD/target/fuzz-tmp cargo fuzz run "${fuzz[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1; then
         tail -n 40 "$log" >&2
