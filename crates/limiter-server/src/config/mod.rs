@@ -557,19 +557,24 @@ mod tests {
         }
     }
 
+    /// `ratelimitd`'s config from a hash secret and the anonymous tier's quotas
+    /// set in the environment to `quotas`.
+    fn load_with_anonymous_quotas(quotas: &str) -> Result<Config, ConfigError> {
+        with_env(
+            &[
+                ("RATELIMIT_HASH_SECRET", "0123456789abcdef"),
+                ("RATELIMIT_TIERS__ANONYMOUS__QUOTAS", quotas),
+            ],
+            || Config::load(&cli(&[])),
+        )
+    }
+
     #[test]
     fn environment_values_figment_would_misread_are_refused() {
         // Found by the config fuzz target: figment's parser panicked on the first, and read
         // the second as "éa\n", dropping the "b".
         for value in [r#"[{ limit = 1, period = "ϣ\0s" }]"#, r#""éab\n""#] {
-            let e = with_env(
-                &[
-                    ("RATELIMIT_HASH_SECRET", "0123456789abcdef"),
-                    ("RATELIMIT_TIERS__ANONYMOUS__QUOTAS", value),
-                ],
-                || Config::load(&cli(&[])).unwrap_err(),
-            );
-            let shown = e.to_string();
+            let shown = load_with_anonymous_quotas(value).unwrap_err().to_string();
             assert!(
                 shown.contains("RATELIMIT_TIERS__ANONYMOUS__QUOTAS") && shown.contains("backslash"),
                 "{shown}"
@@ -577,28 +582,12 @@ mod tests {
             assert!(!shown.contains(value), "{shown}");
         }
         // Nesting deep enough to overflow figment's parser's stack: refused.
-        let deep = "[".repeat(5_000);
-        let e = with_env(
-            &[
-                ("RATELIMIT_HASH_SECRET", "0123456789abcdef"),
-                ("RATELIMIT_TIERS__ANONYMOUS__QUOTAS", &deep),
-            ],
-            || Config::load(&cli(&[])).unwrap_err(),
-        );
+        let e = load_with_anonymous_quotas(&"[".repeat(5_000)).unwrap_err();
         assert!(e.to_string().contains("nested"), "{e}");
         // Brackets inside strings do not count; a list of tables is 2 deep.
         assert_eq!(super::nesting(r#"[{ a = "[[\"[" }, { b = 1 }]"#), 2);
         // Escapes in ASCII values are still read.
-        let c = with_env(
-            &[
-                ("RATELIMIT_HASH_SECRET", "0123456789abcdef"),
-                (
-                    "RATELIMIT_TIERS__ANONYMOUS__QUOTAS",
-                    r#"[{ limit = 7, period = "1\u0073" }]"#,
-                ),
-            ],
-            || Config::load(&cli(&[])).unwrap(),
-        );
+        let c = load_with_anonymous_quotas(r#"[{ limit = 7, period = "1\u0073" }]"#).unwrap();
         let shown: serde_json::Value =
             serde_json::from_str(&c.redacted_json().to_string()).unwrap();
         assert_eq!(
