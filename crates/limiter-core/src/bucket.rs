@@ -33,6 +33,10 @@
 //! A request of `cost` tokens needs `cost × unit` units from **every** quota of its policy:
 //! it is admitted only if each bucket holds that much, and then takes it from each. A request
 //! denied by one quota consumes from none. `lua/token_bucket.lua` transliterates [`check`].
+//!
+//! [`peek`] is `check` without the write (a dry run); [`refund`] gives tokens back to every
+//! bucket, never above its max level and never moving a stamp back.
+//! `lua/adjust.lua` transliterates both.
 
 use crate::{Error, MAX_QUOTAS, MAX_WAIT_US, Quota};
 
@@ -175,33 +179,14 @@ pub fn check(
     cost: u64,
 ) -> Result<Outcome, Error> {
     validate(quotas, cost)?;
-    if states.len() != quotas.len() {
-        return Err(Error::policy(format_args!(
-            "{} bucket states for {} quotas",
-            states.len(),
-            quotas.len()
-        )));
-    }
-
-    if quotas.len() > MAX_QUOTAS {
-        return Err(Error::policy(format_args!(
-            "{} quotas, at most {MAX_QUOTAS} allowed",
-            quotas.len()
-        )));
-    }
+    shape(quotas, states.len())?;
 
     // Divisions are the costly part of this function, so the allowed path of a one-quota
     // policy does two (tokens left, time to full) and nothing else divides unless needed.
     if let ([q], [s]) = (quotas, &mut *states) {
         return Ok(decide_one(q, s, now, cost));
     }
-    let mut measured = Measured {
-        quotas,
-        levels: [0; MAX_QUOTAS],
-        stamps: [0; MAX_QUOTAS],
-        now,
-        cost,
-    };
+    let mut measured = Measured::new(quotas, now, cost);
     let mut allowed = true;
     for (i, (q, s)) in quotas.iter().zip(states.iter()).enumerate() {
         (measured.levels[i], measured.stamps[i]) = s.at(q, now);
@@ -212,6 +197,80 @@ pub fn check(
         measured.take(states);
     }
     Ok(measured.report(allowed))
+}
+
+/// What [`check`] would answer for a request of `cost` tokens at `now`, taking nothing: a
+/// dry run. The outcome is exactly `check`'s (when admitted, `remaining` counts the tokens
+/// left *after* the request; when denied, `retry_after_us` is the same wait), and `states`
+/// are only read.
+///
+/// # Errors
+/// As for [`check`].
+pub fn peek(
+    quotas: &[Quota],
+    states: &[BucketState],
+    now: u64,
+    cost: u64,
+) -> Result<Outcome, Error> {
+    validate(quotas, cost)?;
+    shape(quotas, states.len())?;
+    // The same decision by construction: `check` on a copy that is then thrown away.
+    let mut copy = [BucketState {
+        level: 0,
+        updated: 0,
+    }; MAX_QUOTAS];
+    let copy = &mut copy[..states.len()];
+    copy.copy_from_slice(states);
+    check(quotas, copy, now, cost)
+}
+
+/// Gives `tokens` back to every quota's bucket at `now` (a request that should not count):
+/// each bucket's level, measured at `now`, rises by `tokens × unit`, capped at its max
+/// level, and is stamped like a check's write (the later of `now`'s tick and its own stamp,
+/// so a stamp never moves back).
+///
+/// The outcome is always allowed, and reports like an admitted check: the quota with the
+/// fewest whole tokens left, its `remaining` and `reset_after_us` after the refund. A
+/// refund right after an admitted check of the same cost at the same `now` restores every
+/// bucket's level exactly; a full bucket stays full (a bucket a store never saw is full, so
+/// a refund of it changes nothing).
+///
+/// # Errors
+/// As for [`check`], with `tokens` for the cost: zero tokens, or more than a quota holds,
+/// could never have been taken. On error `states` is untouched.
+pub fn refund(
+    quotas: &[Quota],
+    states: &mut [BucketState],
+    now: u64,
+    tokens: u64,
+) -> Result<Outcome, Error> {
+    validate(quotas, tokens)?;
+    shape(quotas, states.len())?;
+    let mut measured = Measured::new(quotas, now, tokens);
+    for (i, (q, s)) in quotas.iter().zip(states.iter()).enumerate() {
+        (measured.levels[i], measured.stamps[i]) = s.at(q, now);
+    }
+    measured.give(states);
+    Ok(measured.report(true))
+}
+
+/// Checks that `states` holds one bucket per quota and that there are at most
+/// [`MAX_QUOTAS`] quotas.
+#[inline]
+fn shape(quotas: &[Quota], states: usize) -> Result<(), Error> {
+    if states != quotas.len() {
+        return Err(Error::policy(format_args!(
+            "{states} bucket states for {} quotas",
+            quotas.len()
+        )));
+    }
+    if quotas.len() > MAX_QUOTAS {
+        return Err(Error::policy(format_args!(
+            "{} quotas, at most {MAX_QUOTAS} allowed",
+            quotas.len()
+        )));
+    }
+    Ok(())
 }
 
 /// One bucket as a store measured it while deciding a check elsewhere (the Redis script):
@@ -238,37 +297,35 @@ pub fn outcome_of(
     cost: u64,
     allowed: bool,
 ) -> Option<Outcome> {
-    if validate(quotas, cost).is_err()
-        || quotas.len() > MAX_QUOTAS
-        || measures.len() != quotas.len()
-    {
-        return None;
-    }
-    let mut measured = Measured {
-        quotas,
-        levels: [0; MAX_QUOTAS],
-        stamps: [0; MAX_QUOTAS],
-        now,
-        cost,
-    };
-    let mut denied = false;
-    for (i, (q, m)) in quotas.iter().zip(measures).enumerate() {
-        let need = cost * q.unit();
-        let most = if allowed {
-            q.max_level() - need
-        } else {
-            q.max_level()
-        };
-        if m.level > most || m.stamp < q.ticks(now) {
-            return None;
-        }
-        denied |= m.level < need;
-        (measured.levels[i], measured.stamps[i]) = (m.level, m.stamp);
-    }
+    // Admitted, every bucket gave `need`; denied, at least one lacked it.
+    let measured = Measured::of(quotas, measures, now, cost, |q, need, level| {
+        level <= q.max_level() - if allowed { need } else { 0 }
+    })?;
+    let denied = (0..quotas.len()).any(|i| measured.levels[i] < cost * quotas[i].unit());
     if !allowed && !denied {
         return None;
     }
     Some(measured.report(allowed))
+}
+
+/// The [`Outcome`] of a [`refund`] of `tokens` at `now` that a store made elsewhere and
+/// reported as one [`Measure`] per quota (each bucket after the refund): the figures
+/// `refund` reports, from the same math.
+///
+/// `None` when the measures cannot be such a refund: not one per quota, a level above what
+/// the quota holds or below the tokens given back, a stamp before `now`'s tick, or tokens
+/// that could never have been taken.
+pub fn refund_outcome_of(
+    quotas: &[Quota],
+    measures: &[Measure],
+    now: u64,
+    tokens: u64,
+) -> Option<Outcome> {
+    // A bucket holds at least what it was given back (capped at full, which holds more).
+    let measured = Measured::of(quotas, measures, now, tokens, |q, need, level| {
+        (need..=q.max_level()).contains(&level)
+    })?;
+    Some(measured.report(true))
 }
 
 /// [`check`] of a one-quota policy, the common case, without the arrays of the general
@@ -331,7 +388,45 @@ struct Measured<'a> {
     cost: u64,
 }
 
-impl Measured<'_> {
+impl<'a> Measured<'a> {
+    /// Nothing measured yet.
+    #[inline]
+    fn new(quotas: &'a [Quota], now: u64, cost: u64) -> Self {
+        Self {
+            quotas,
+            levels: [0; MAX_QUOTAS],
+            stamps: [0; MAX_QUOTAS],
+            now,
+            cost,
+        }
+    }
+
+    /// The buckets a store reported, if there is one per quota, `cost` can ever pass, every
+    /// stamp is at or after `now`'s tick and `fits(quota, cost × unit, level)` holds for
+    /// each.
+    fn of(
+        quotas: &'a [Quota],
+        measures: &[Measure],
+        now: u64,
+        cost: u64,
+        fits: impl Fn(&Quota, u64, u64) -> bool,
+    ) -> Option<Self> {
+        if validate(quotas, cost).is_err()
+            || quotas.len() > MAX_QUOTAS
+            || measures.len() != quotas.len()
+        {
+            return None;
+        }
+        let mut measured = Self::new(quotas, now, cost);
+        for (i, (q, m)) in quotas.iter().zip(measures).enumerate() {
+            if !fits(q, cost * q.unit(), m.level) || m.stamp < q.ticks(now) {
+                return None;
+            }
+            (measured.levels[i], measured.stamps[i]) = (m.level, m.stamp);
+        }
+        Some(measured)
+    }
+
     /// Microseconds until bucket `i`, at `level`, is full again.
     #[inline]
     fn reset(&self, i: usize, level: u64) -> u64 {
@@ -345,6 +440,19 @@ impl Measured<'_> {
     fn take(&mut self, states: &mut [BucketState]) {
         for (i, (q, s)) in self.quotas.iter().zip(states.iter_mut()).enumerate() {
             self.levels[i] -= self.cost * q.unit();
+            *s = BucketState {
+                level: self.levels[i],
+                updated: self.stamps[i] * q.tick(),
+            };
+        }
+    }
+
+    /// Gives the cost back to every bucket, up to its max level, and writes them to
+    /// `states`.
+    fn give(&mut self, states: &mut [BucketState]) {
+        for (i, (q, s)) in self.quotas.iter().zip(states.iter_mut()).enumerate() {
+            // Both at most 2^50: no overflow.
+            self.levels[i] = (self.levels[i] + self.cost * q.unit()).min(q.max_level());
             *s = BucketState {
                 level: self.levels[i],
                 updated: self.stamps[i] * q.tick(),
@@ -683,5 +791,324 @@ mod tests {
         assert_eq!(outcome_of(&quotas, &[], 7, 1, false), None);
         // A cost that could never pass.
         assert_eq!(outcome_of(&quotas, &at(0, 7), 7, 11, false), None);
+    }
+
+    #[test]
+    fn peek_answers_what_check_would_and_takes_nothing() {
+        let quotas = [q(10, 1_000)];
+        let mut s = [BucketState::full(&quotas[0], 0)];
+        for _ in 0..1_000 {
+            let o = peek(&quotas, &s, 0, 1).unwrap();
+            assert!(o.allowed);
+            assert_eq!(o.remaining, 9, "as check reports: the tokens left after");
+        }
+        assert_eq!(peek(&quotas, &s, 0, 10).unwrap().remaining, 0);
+        assert_eq!(s, [BucketState::full(&quotas[0], 0)]);
+        check(&quotas, &mut s, 0, 10).unwrap();
+        let before = s;
+        let peeked = peek(&quotas, &s, 50_000, 1).unwrap();
+        let checked = check(&quotas, &mut s, 50_000, 1).unwrap();
+        assert_eq!(peeked, checked);
+        assert!(!peeked.allowed);
+        assert_eq!(peeked.retry_after_us, Some(50_000));
+        assert_eq!(s, before, "a denial wrote nothing either way");
+        assert!(matches!(peek(&quotas, &s, 0, 0), Err(Error::ZeroCost)));
+        assert!(matches!(
+            peek(&quotas, &s, 0, 11),
+            Err(Error::InsufficientCapacity {
+                cost: 11,
+                capacity: 10
+            })
+        ));
+        assert!(peek(&quotas, &[], 0, 1).is_err());
+    }
+
+    #[test]
+    fn a_refund_restores_what_a_check_took() {
+        // 5 per second and 6 per minute, at a moment that is not on a token's edge.
+        let quotas = [q(5, 1_000), q(6, 60_000)];
+        let mut s = quotas.map(|q| BucketState::full(&q, 0));
+        check(&quotas, &mut s, 0, 2).unwrap();
+        let now = 123_457;
+        let before = s;
+        let taken = check(&quotas, &mut s, now, 3).unwrap();
+        assert!(taken.allowed);
+        let given = refund(&quotas, &mut s, now, 3).unwrap();
+        for (i, q) in quotas.iter().enumerate() {
+            assert_eq!(s[i].level, before[i].level_at(q, now), "quota {i}");
+            assert_eq!(s[i].updated, now);
+        }
+        // The per-second quota has 3 tokens and some back, the minute quota 4: reported is the
+        // first, full again 400 ms after the first check took 2.
+        assert!(given.allowed);
+        assert_eq!((given.quota, given.remaining), (0, 3));
+        assert_eq!(given.retry_after_us, None);
+        assert_eq!(given.reset_after_us, 400_000 - now);
+        // The same decisions follow as if the check had never happened.
+        let mut untouched = before;
+        for cost in 1..=5 {
+            assert_eq!(
+                peek(&quotas, &s, now, cost).unwrap(),
+                peek(&quotas, &untouched, now, cost).unwrap(),
+                "cost {cost}"
+            );
+        }
+        assert_eq!(
+            check(&quotas, &mut s, now, 4).unwrap(),
+            check(&quotas, &mut untouched, now, 4).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_refund_never_fills_a_bucket_past_full_nor_moves_its_stamp_back() {
+        let quotas = [q(10, 1_000)];
+        let (max, unit) = (quotas[0].max_level(), quotas[0].unit());
+        // Full, or nearly: capped at full.
+        let mut s = [BucketState::full(&quotas[0], 0)];
+        let o = refund(&quotas, &mut s, 0, 10).unwrap();
+        assert_eq!(s[0].level, max);
+        assert_eq!((o.remaining, o.reset_after_us), (10, 0));
+        let mut s = [BucketState {
+            level: max - unit,
+            updated: 0,
+        }];
+        refund(&quotas, &mut s, 0, 5).unwrap();
+        assert_eq!(s[0].level, max);
+        // Refilled to `now` first: 3 tokens taken, 50 ms later 0.5 is back, and 2 more
+        // are given.
+        let mut s = [BucketState {
+            level: max - 3 * unit,
+            updated: 0,
+        }];
+        let o = refund(&quotas, &mut s, 50_000, 2).unwrap();
+        assert_eq!(
+            s[0],
+            BucketState {
+                level: max - unit / 2,
+                updated: 50_000
+            }
+        );
+        assert_eq!((o.remaining, o.reset_after_us), (9, 50_000));
+        // A stamp later than `now` (a clock that stepped back) is kept, and counts.
+        let later = 60_000_000;
+        let mut s = [BucketState {
+            level: 0,
+            updated: later,
+        }];
+        let o = refund(&quotas, &mut s, 0, 1).unwrap();
+        assert_eq!(
+            s[0],
+            BucketState {
+                level: unit,
+                updated: later
+            }
+        );
+        assert_eq!(o.reset_after_us, later + 900_000);
+    }
+
+    #[test]
+    fn bad_refunds_are_errors_and_touch_nothing() {
+        let quotas = [q(5, 1_000), q(100, 60_000)];
+        let mut s = [BucketState {
+            level: 0,
+            updated: 0,
+        }; 2];
+        let before = s;
+        assert!(matches!(
+            refund(&quotas, &mut s, 0, 0),
+            Err(Error::ZeroCost)
+        ));
+        assert!(matches!(
+            refund(&quotas, &mut s, 0, 6),
+            Err(Error::InsufficientCapacity {
+                cost: 6,
+                capacity: 5
+            })
+        ));
+        assert!(refund(&quotas, &mut s[..1], 0, 1).is_err());
+        assert!(refund(&[], &mut [], 0, 1).is_err());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn refund_outcomes_from_measures_are_what_refund_reports() {
+        let quotas = [q(5, 1_000), q(6, 60_000), Quota::per_day(20_011).unwrap()];
+        let mut s = quotas.map(|q| BucketState::full(&q, 0));
+        check(&quotas, &mut s, 0, 4).unwrap();
+        let now = 777_777;
+        let ours = refund(&quotas, &mut s, now, 2).unwrap();
+        let m: Vec<Measure> = quotas
+            .iter()
+            .zip(&s)
+            .map(|(q, s)| Measure {
+                level: s.level,
+                stamp: s.updated / q.tick(),
+            })
+            .collect();
+        assert_eq!(refund_outcome_of(&quotas, &m, now, 2), Some(ours));
+
+        let one = [q(10, 1_000)];
+        let (max, unit) = (one[0].max_level(), one[0].unit());
+        let at = |level, stamp| [Measure { level, stamp }];
+        assert!(refund_outcome_of(&one, &at(max, 7), 7, 1).is_some());
+        assert!(refund_outcome_of(&one, &at(2 * unit, 7), 7, 2).is_some());
+        // Below what was given back; above full; a stamp before now; a measure missing;
+        // tokens that could never have been taken.
+        assert_eq!(refund_outcome_of(&one, &at(2 * unit - 1, 7), 7, 2), None);
+        assert_eq!(refund_outcome_of(&one, &at(max + 1, 7), 7, 1), None);
+        assert_eq!(refund_outcome_of(&one, &at(max, 6), 7, 1), None);
+        assert_eq!(refund_outcome_of(&one, &[], 7, 1), None);
+        assert_eq!(refund_outcome_of(&one, &at(max, 7), 7, 0), None);
+        assert_eq!(refund_outcome_of(&one, &at(max, 7), 7, 11), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn quota() -> impl Strategy<Value = Quota> {
+            prop_oneof![
+                4 => (
+                    1u64..=1_000,
+                    1u64..=120_000_000,
+                    proptest::option::of(1u64..=2_000),
+                )
+                    .prop_filter_map("a valid quota", |(tokens, period_us, burst)| {
+                        let q = Quota::new(tokens, Duration::from_micros(period_us)).ok()?;
+                        match burst {
+                            Some(b) => q.allow_burst(b).ok(),
+                            None => Some(q),
+                        }
+                    }),
+                // Coarse ticks.
+                1 => Just(Quota::per_day(20_011).unwrap()),
+            ]
+        }
+
+        #[derive(Clone, Copy, Debug)]
+        enum Op {
+            Check,
+            Peek,
+            Refund,
+        }
+
+        /// (µs to advance, sometimes back; operation; tokens, sometimes above capacity).
+        fn trace() -> impl Strategy<Value = Vec<(i64, Op, u64)>> {
+            let op = prop_oneof![Just(Op::Check), Just(Op::Peek), Just(Op::Refund)];
+            proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just(0i64),
+                        0i64..=2_000,
+                        0i64..=200_000_000,
+                        -5_000_000i64..0
+                    ],
+                    op,
+                    1u64..=2_100,
+                ),
+                1..80,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Peek answers exactly what check answers, and writes nothing; a refund is
+            /// always allowed, never fills past full, never moves a stamp back, gives back
+            /// exactly the tokens (capped at full), and reports what its measures say.
+            #[test]
+            fn peek_check_and_refund_keep_their_contracts(
+                quotas in proptest::collection::vec(quota(), 1..=3),
+                steps in trace(),
+            ) {
+                let mut now: u64 = 1_000_000_000;
+                let mut states: Vec<BucketState> =
+                    quotas.iter().map(|q| BucketState::full(q, now)).collect();
+                let smallest = quotas.iter().map(Quota::capacity).min().unwrap();
+                for (dt, op, tokens) in steps {
+                    now = now.saturating_add_signed(dt);
+                    let before = states.clone();
+                    match op {
+                        Op::Check | Op::Peek => {
+                            let peeked = peek(&quotas, &states, now, tokens);
+                            prop_assert_eq!(&states, &before, "peek wrote");
+                            let checked = if matches!(op, Op::Check) {
+                                check(&quotas, &mut states, now, tokens)
+                            } else {
+                                check(&quotas, &mut states.clone(), now, tokens)
+                            };
+                            prop_assert_eq!(peeked.is_ok(), checked.is_ok());
+                            if let (Ok(p), Ok(c)) = (peeked, checked) {
+                                prop_assert_eq!(p, c);
+                            }
+                        }
+                        Op::Refund => {
+                            let result = refund(&quotas, &mut states, now, tokens);
+                            if tokens > smallest {
+                                prop_assert!(result.is_err());
+                                prop_assert_eq!(&states, &before, "a bad refund wrote");
+                                continue;
+                            }
+                            let outcome = result.unwrap();
+                            prop_assert!(outcome.allowed);
+                            prop_assert_eq!(outcome.retry_after_us, None);
+                            let mut measures = Vec::new();
+                            for (i, q) in quotas.iter().enumerate() {
+                                let (b, s) = (before[i], states[i]);
+                                let given = b.level_at(q, now) + tokens * q.unit();
+                                prop_assert_eq!(s.level, given.min(q.max_level()));
+                                prop_assert!(s.updated >= b.updated, "stamp moved back");
+                                prop_assert_eq!(s.updated, b.updated.max(q.ticks(now) * q.tick()));
+                                measures.push(Measure { level: s.level, stamp: s.updated / q.tick() });
+                            }
+                            prop_assert_eq!(
+                                refund_outcome_of(&quotas, &measures, now, tokens),
+                                Some(outcome)
+                            );
+                        }
+                    }
+                }
+            }
+
+            /// A refund right after an admitted check, at the same instant, restores every
+            /// bucket to its level before the check, and every later decision is the one
+            /// the check had never been made would give.
+            #[test]
+            fn a_refund_undoes_an_admitted_check(
+                quotas in proptest::collection::vec(quota(), 1..=3),
+                warm_up in trace(),
+                cost in 1u64..=2_000,
+                then in 1u64..=2_000,
+                later in 0u64..=100_000_000,
+            ) {
+                let mut now: u64 = 1_000_000_000;
+                let mut states: Vec<BucketState> =
+                    quotas.iter().map(|q| BucketState::full(q, now)).collect();
+                let smallest = quotas.iter().map(Quota::capacity).min().unwrap();
+                for (dt, _, tokens) in warm_up {
+                    now = now.saturating_add_signed(dt);
+                    let _ = check(&quotas, &mut states, now, tokens);
+                }
+                let (cost, then) = (cost.min(smallest), then.min(smallest));
+                let before = states.clone();
+                let taken = check(&quotas, &mut states, now, cost).unwrap();
+                prop_assume!(taken.allowed);
+                refund(&quotas, &mut states, now, cost).unwrap();
+                for (i, q) in quotas.iter().enumerate() {
+                    prop_assert_eq!(states[i].level, before[i].level_at(q, now), "quota {}", i);
+                }
+                let mut untouched = before;
+                for at in [now, now + later] {
+                    prop_assert_eq!(
+                        check(&quotas, &mut states, at, then).unwrap(),
+                        check(&quotas, &mut untouched, at, then).unwrap()
+                    );
+                    prop_assert_eq!(
+                        states.iter().zip(&quotas).map(|(s, q)| s.level_at(q, at)).collect::<Vec<_>>(),
+                        untouched.iter().zip(&quotas).map(|(s, q)| s.level_at(q, at)).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
     }
 }

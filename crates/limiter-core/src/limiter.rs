@@ -17,12 +17,40 @@ use crate::{ClientKey, Decision, Error, Partitioned, Policy};
 ///   ([`crate::bucket::validate`]), never a denial;
 /// - all quotas of the policy are checked all-or-nothing, with the math of
 ///   [`crate::bucket::check`];
+/// - [`peek`](Self::peek) answers exactly what `check` would ([`crate::bucket::peek`]) and
+///   takes nothing; [`refund`](Self::refund) gives tokens back to every quota
+///   ([`crate::bucket::refund`]): never above capacity, never moving a bucket's stamp back,
+///   and a bucket never seen (a missing bucket is full) stays as it is; both follow the
+///   same rules for unlimited policies and bad costs as `check`;
 /// - `Err` means "could not decide"; outages answer `true` to [`Error::is_unavailable`].
 #[async_trait]
 pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// Checks whether the client `key` may spend `cost` tokens under `policy` now and, if so,
     /// takes them.
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error>;
+
+    /// What [`check`](Self::check) would answer now for `cost`, taking nothing (a dry run):
+    /// the same decision, `remaining` counting the tokens that would be left, and when
+    /// denied the same `retry_after`.
+    ///
+    /// # Errors
+    /// As for `check`: a zero cost or one above a quota's capacity, or the backend could not
+    /// answer.
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error>;
+
+    /// Gives `tokens` back to every quota of the client's buckets under `policy` (a request
+    /// that should not count), each capped at its capacity; answers the state after, as a
+    /// [`Decision`] with `allowed = true` (reported like an admitted check: the quota with
+    /// the fewest tokens left). A bucket never seen is full, and stays untouched.
+    ///
+    /// # Errors
+    /// As for `check`, with `tokens` for the cost.
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error>;
 
     /// Decides at once when the backend can without waiting on I/O, with exactly the effect
     /// of [`check`](Self::check) (tokens are taken); `None` when it cannot, and then nothing
@@ -66,6 +94,14 @@ macro_rules! forward {
         impl<T: RateLimiter + ?Sized> RateLimiter for $pointer {
             async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
                 (**self).check(key, policy, cost).await
+            }
+
+            async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+                (**self).peek(key, policy, cost).await
+            }
+
+            async fn refund(&self, key: &ClientKey, policy: &Policy, tokens: u64) -> Result<Decision, Error> {
+                (**self).refund(key, policy, tokens).await
             }
 
             fn check_now(

@@ -26,6 +26,12 @@ const SHARDS: usize = 16;
 /// backend gave (for a cost of `c`, fewer than `c` tokens; the bucket may have refilled up
 /// to `c - 1` since), and its `reset_after` has counted down.
 ///
+/// A [`peek`](RateLimiter::peek) is answered like a check: from a live cached denial of its
+/// cost, or else by the wrapped limiter, whose denial is remembered (a denied check takes
+/// nothing either, so it is the same denial). A [`refund`](RateLimiter::refund) is
+/// forwarded, then the client's cached denial under that policy is dropped: tokens given
+/// back may admit it before its `retry_after`.
+///
 /// ```
 /// use limiter_core::{ClientKey, Policy, Quota, RateLimiter};
 /// use limiter_fallback::DenyCache;
@@ -199,6 +205,43 @@ impl<L: RateLimiter, C: Clock> RateLimiter for DenyCache<L, C> {
         }
         let result = self.inner.check_now(key, policy, cost)?;
         Some(self.learn(key, policy, cost, now, result))
+    }
+
+    /// A live cached denial of this cost answers here, as a check would be answered; else
+    /// the wrapped limiter's peek, whose denial (the backend's own, not a stand-in's) is
+    /// remembered like a check's: a denied check takes nothing either, so it is the same
+    /// denial.
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        if policy.is_unlimited() {
+            return self.inner.peek(key, policy, cost).await;
+        }
+        let now = self.clock.now_micros();
+        if let Some(decision) = self.cached(key, policy, cost, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(decision);
+        }
+        let decision = self.inner.peek(key, policy, cost).await?;
+        if !decision.allowed && !decision.degraded {
+            self.remember(key, policy, cost, now, decision);
+        }
+        Ok(decision)
+    }
+
+    /// Forwards the refund, then forgets the client's cached denial under `policy`: tokens
+    /// given back may admit it sooner than its `retry_after` said.
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        let result = self.inner.refund(key, policy, tokens).await;
+        // After the refund, whatever its result (a timed-out refund may have landed): a
+        // denial cached while it ran must not outlive it.
+        if !policy.is_unlimited() {
+            self.forget(key, policy);
+        }
+        result
     }
 
     async fn ping(&self) -> Result<(), Error> {

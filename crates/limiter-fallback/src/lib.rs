@@ -58,6 +58,14 @@
 //!   pings, each interval, one slot of every run of open slots, closing the run when it
 //!   answers. The state is then [`CircuitState::Partial`] while some parts are open, and
 //!   [`FallbackStats::open_partitions`] says how many.
+//! - **Peeks and refunds** ([`RateLimiter::peek`], [`RateLimiter::refund`]) go where the
+//!   client's checks go: to the primary while its circuit is closed, within the same
+//!   deadline, and their failures are classified, counted and open the circuit exactly as a
+//!   check's do; otherwise to the outage policy (a peek answers what a check would; a
+//!   refund gives back to memory's share, at most its burst, and under `allow` or `deny`,
+//!   which count nothing, reports the bucket full). They are not decisions:
+//!   [`FallbackStats`] counts only checks among its decisions. What the primary counted is
+//!   not refunded in memory during an outage, nor the other way round.
 //! - **What is not an outage.** Invalid input (a zero cost, a cost above a quota's burst) is
 //!   returned to the caller. A failure confined to one check ([`Error::is_per_check`]: a
 //!   bucket key holding something else) answers that check by the outage policy and leaves
@@ -215,54 +223,108 @@ where
     L: RateLimiter + 'static,
 {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.inner.decide(Op::Check, key, policy, cost).await
+    }
+
+    /// The primary's peek while the client's circuit is closed; otherwise what the outage
+    /// policy would answer a check (memory's peek on this worker's share, or the policy's
+    /// fixed answer). A failure is classified as a check's: it opens the circuit the same
+    /// way, and the peek is answered as if open.
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.inner.decide(Op::Peek, key, policy, cost).await
+    }
+
+    /// The primary's refund while the client's circuit is closed; otherwise memory's, on
+    /// this worker's share (with [`OutagePolicy::Fallback`]; the other outage policies count
+    /// nothing, so there is nothing to give back). A failure is classified as a check's.
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        self.inner.decide(Op::Refund, key, policy, tokens).await
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.inner.primary.ping().await
+    }
+}
+
+/// What a call asks of a limiter: the three trait methods that decide on buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Check,
+    Peek,
+    Refund,
+}
+
+impl<P, L> Inner<P, L>
+where
+    P: RateLimiter + 'static,
+    L: RateLimiter + 'static,
+{
+    /// `op` on the primary while the client's circuit is closed, else by the outage policy;
+    /// a primary that cannot decide opens the circuit (or the client's part of it).
+    async fn decide(
+        self: &Arc<Self>,
+        op: Op,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Result<Decision, Error> {
         if policy.is_unlimited() {
             return Ok(Decision::unlimited());
         }
         // Bad input is the caller's error in every state (and in memory a share's smaller
         // burst must not pass for the policy's).
         bucket::validate(policy.quotas(), cost)?;
-        let inner = &self.inner;
         // With a partitioned primary, the client's part has a circuit of its own.
-        let part = (!inner.parts.is_empty()).then(|| inner.partition_of(key));
-        let part_open = part.is_some_and(|p| inner.parts.is_open(p));
-        if inner.state.load(Ordering::Acquire) == CLOSED && !part_open {
-            let deadline = inner.config.deadline;
-            let checked = tokio::time::timeout(deadline, inner.primary.check(key, policy, cost));
-            let outage: Box<dyn fmt::Display + Send> = match checked.await {
+        let part = (!self.parts.is_empty()).then(|| self.partition_of(key));
+        let part_open = part.is_some_and(|p| self.parts.is_open(p));
+        if self.state.load(Ordering::Acquire) == CLOSED && !part_open {
+            let deadline = self.config.deadline;
+            let asked = async {
+                match op {
+                    Op::Check => self.primary.check(key, policy, cost).await,
+                    Op::Peek => self.primary.peek(key, policy, cost).await,
+                    Op::Refund => self.primary.refund(key, policy, cost).await,
+                }
+            };
+            let outage: Box<dyn fmt::Display + Send> = match tokio::time::timeout(deadline, asked)
+                .await
+            {
                 Ok(Ok(decision)) => {
-                    inner
-                        .counters
-                        .primary_decisions
-                        .fetch_add(1, Ordering::Relaxed);
+                    if op == Op::Check {
+                        self.counters
+                            .primary_decisions
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     return Ok(decision);
                 }
                 // The caller's own mistake, in every state.
                 Ok(Err(e)) if e.is_invalid_input() => return Err(e),
-                // One bucket the primary could not read: this check only.
+                // One bucket the primary could not read: this call only.
                 Ok(Err(e)) if e.is_per_check() => {
-                    inner.counters.failure(e.kind());
-                    tracing::warn!(target: "limiter_fallback", error = %e, "one check could not be decided by the primary: answered by the outage policy");
-                    return inner.degraded(key, policy, cost).await;
+                    self.counters.failure(e.kind());
+                    tracing::warn!(target: "limiter_fallback", error = %e, ?op, "one call could not be decided by the primary: answered by the outage policy");
+                    return self.degraded(op, key, policy, cost).await;
                 }
                 Ok(Err(e)) => {
-                    inner.counters.failure(e.kind());
+                    self.counters.failure(e.kind());
                     Box::new(e)
                 }
                 Err(_) => {
-                    inner.counters.failure(ErrorKind::Timeout);
+                    self.counters.failure(ErrorKind::Timeout);
                     Box::new(format!("no answer within the {deadline:?} deadline"))
                 }
             };
             match part {
-                Some(p) => inner.open_part(p, &outage),
-                None => inner.open(&outage),
+                Some(p) => self.open_part(p, &outage),
+                None => self.open(&outage),
             }
         }
-        inner.degraded(key, policy, cost).await
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        self.inner.primary.ping().await
+        self.degraded(op, key, policy, cost).await
     }
 }
 

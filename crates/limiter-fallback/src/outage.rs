@@ -10,7 +10,7 @@ use std::time::Duration;
 use limiter_core::{Backend, ClientKey, Decision, Error, Policy, Quota, RateLimiter};
 use parking_lot::RwLock;
 
-use crate::{Inner, OutagePolicy};
+use crate::{Inner, Op, OutagePolicy};
 
 /// Fleet-share policies kept before the cache starts over.
 const MAX_CACHED_SHARES: usize = 1_024;
@@ -24,20 +24,30 @@ where
     P: RateLimiter + 'static,
     L: RateLimiter + 'static,
 {
-    /// The outage policy's answer to a check the primary cannot decide.
+    /// The outage policy's answer to a check, peek or refund the primary cannot decide. A
+    /// peek answers what a check would; a refund gives back to memory what memory counted
+    /// (with [`OutagePolicy::Fallback`]; the other policies count nothing, and report the
+    /// bucket full).
     pub(crate) async fn degraded(
         &self,
+        op: Op,
         key: &ClientKey,
         policy: &Policy,
         cost: u64,
     ) -> Result<Decision, Error> {
-        self.counters
-            .degraded_decisions
-            .fetch_add(1, Ordering::Relaxed);
-        let mut decision = match self.config.outage {
-            OutagePolicy::Fallback => {
+        if op == Op::Check {
+            self.counters
+                .degraded_decisions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut decision = match (self.config.outage, op) {
+            (OutagePolicy::Fallback, Op::Check | Op::Peek) => {
                 let share = self.share(policy);
-                match self.local.check(key, &share, cost).await {
+                let local = match op {
+                    Op::Peek => self.local.peek(key, &share, cost).await,
+                    _ => self.local.check(key, &share, cost).await,
+                };
+                match local {
                     Ok(d) => d,
                     // The cost fits the global quota (checked before) but not this worker's
                     // share of it: memory denies it for now rather than fail a valid request.
@@ -45,7 +55,17 @@ where
                     Err(e) => return Err(e),
                 }
             }
-            OutagePolicy::Allow => {
+            (OutagePolicy::Fallback, Op::Refund) => {
+                let share = self.share(policy);
+                // The tokens fit the policy (validated) but may not fit this worker's share
+                // of it, which never took more than its smallest burst in one check: give
+                // back at most that (less than asked for to a quota with a larger share,
+                // never more; a refund is capped at full anyway).
+                let smallest = share.quotas().iter().map(Quota::capacity).min();
+                let tokens = smallest.map_or(cost, |s| cost.min(s));
+                self.local.refund(key, &share, tokens).await?
+            }
+            (OutagePolicy::Allow, _) | (OutagePolicy::Deny, Op::Refund) => {
                 let refusal = self.refusal(policy);
                 // Nothing was counted: report the bucket as full rather than empty.
                 Decision {
@@ -56,7 +76,7 @@ where
                     ..refusal
                 }
             }
-            OutagePolicy::Deny => self.refusal(policy),
+            (OutagePolicy::Deny, Op::Check | Op::Peek) => self.refusal(policy),
         };
         decision.degraded = true;
         Ok(decision)

@@ -24,6 +24,21 @@ impl RateLimiter for Counted {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.memory.check(key, policy, cost).await
     }
+
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.memory.peek(key, policy, cost).await
+    }
+
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.memory.refund(key, policy, tokens).await
+    }
 }
 
 fn memory(clock: &ManualClock) -> MemoryLimiter<ManualClock> {
@@ -113,6 +128,24 @@ impl RateLimiter for StandIn {
             quota: Some(0),
         })
     }
+
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.check(key, policy, cost).await
+    }
+
+    async fn refund(&self, _: &ClientKey, _: &Policy, _: u64) -> Result<Decision, Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Decision {
+            allowed: true,
+            limit: 1,
+            remaining: 1,
+            reset_after: Duration::ZERO,
+            retry_after: None,
+            backend: limiter_core::Backend::Memory,
+            degraded: true,
+            quota: Some(0),
+        })
+    }
 }
 
 #[test]
@@ -159,6 +192,116 @@ proptest! {
                     prop_assert_eq!(got.remaining, expected.remaining);
                 } else {
                     // As of the backend's denial: it may have refilled since, not to the cost.
+                    prop_assert!(got.remaining <= expected.remaining && expected.remaining < cost);
+                }
+                clock.advance(Duration::from_micros(pause_us));
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn a_peek_during_a_cached_denial_is_answered_here() {
+    let clock = ManualClock::new();
+    let limiter = cached(&clock, 1000);
+    let policy = Policy::new("p", [Quota::per_second(10).unwrap()]).unwrap();
+    let key = ClientKey::from(11);
+    block_on(async {
+        assert!(limiter.check(&key, &policy, 10).await.unwrap().allowed);
+        let denied = limiter.check(&key, &policy, 1).await.unwrap();
+        assert!(!denied.allowed);
+        let calls = limiter.inner().calls.load(Ordering::SeqCst);
+        clock.advance(Duration::from_millis(30));
+        let peeked = limiter.peek(&key, &policy, 1).await.unwrap();
+        assert!(!peeked.allowed);
+        assert_eq!(peeked.retry_after, Some(Duration::from_millis(70)));
+        assert_eq!(limiter.inner().calls.load(Ordering::SeqCst), calls);
+        assert_eq!(limiter.hits(), 1);
+        // Another cost: the backend's peek, whose denial is then remembered as a check's.
+        let two = limiter.peek(&key, &policy, 2).await.unwrap();
+        assert_eq!(two.retry_after, Some(Duration::from_millis(170)));
+        assert_eq!(limiter.inner().calls.load(Ordering::SeqCst), calls + 1);
+        let checked = limiter.check(&key, &policy, 2).await.unwrap();
+        assert_eq!(checked, two);
+        assert_eq!(limiter.inner().calls.load(Ordering::SeqCst), calls + 1);
+        // An allowed peek took nothing: it leaves the cache as it was.
+        clock.advance(Duration::from_millis(80));
+        assert!(limiter.peek(&key, &policy, 1).await.unwrap().allowed);
+        assert!(!limiter.check(&key, &policy, 2).await.unwrap().allowed);
+        assert_eq!(limiter.inner().calls.load(Ordering::SeqCst), calls + 2);
+    });
+}
+
+#[test]
+fn a_refund_drops_the_cached_denial_and_reaches_the_backend() {
+    let clock = ManualClock::new();
+    let limiter = cached(&clock, 1000);
+    let policy = Policy::new("p", [Quota::per_second(10).unwrap()]).unwrap();
+    let other = Policy::new("q", [Quota::per_second(10).unwrap()]).unwrap();
+    let key = ClientKey::from(12);
+    block_on(async {
+        for p in [&policy, &other] {
+            assert!(limiter.check(&key, p, 10).await.unwrap().allowed);
+            assert!(!limiter.check(&key, p, 1).await.unwrap().allowed);
+        }
+        assert_eq!(limiter.len(), 2);
+        let calls = limiter.inner().calls.load(Ordering::SeqCst);
+        let d = limiter.refund(&key, &policy, 3).await.unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, 3));
+        assert_eq!(limiter.inner().calls.load(Ordering::SeqCst), calls + 1);
+        assert_eq!(limiter.len(), 1, "only that policy's denial is dropped");
+        // The tokens given back pass at once, long before the denial's retry_after.
+        for _ in 0..3 {
+            assert!(limiter.check(&key, &policy, 1).await.unwrap().allowed);
+        }
+        assert!(!limiter.check(&key, &other, 1).await.unwrap().allowed);
+        assert_eq!(
+            limiter.hits(),
+            1,
+            "the other policy's denial still answers here"
+        );
+    });
+}
+
+proptest! {
+    /// Peeks and refunds mixed into any trace of checks: every answer is the one the bare
+    /// backend gives, and a peek always answers what the check after it does.
+    #[test]
+    fn peeks_and_refunds_never_change_a_decision(
+        steps in proptest::collection::vec((0u64..3, 0u8..3, 1u64..4, 0u64..150_000), 1..300)
+    ) {
+        let clock = ManualClock::new();
+        let plain = memory(&clock);
+        let limiter = cached(&clock, 1000);
+        let policy = Policy::new("p", [
+            Quota::per_second(20).unwrap().allow_burst(5).unwrap(),
+            Quota::per_minute(200).unwrap(),
+        ]).unwrap();
+        block_on(async {
+            for (client, op, cost, pause_us) in steps {
+                let key = ClientKey::from(u128::from(client));
+                let (expected, got) = match op {
+                    0 => (
+                        plain.check(&key, &policy, cost).await.unwrap(),
+                        limiter.check(&key, &policy, cost).await.unwrap(),
+                    ),
+                    1 => (
+                        plain.peek(&key, &policy, cost).await.unwrap(),
+                        limiter.peek(&key, &policy, cost).await.unwrap(),
+                    ),
+                    _ => {
+                        let expected = plain.refund(&key, &policy, cost).await.unwrap();
+                        let got = limiter.refund(&key, &policy, cost).await.unwrap();
+                        prop_assert_eq!(got, expected);
+                        continue;
+                    }
+                };
+                prop_assert_eq!(got.allowed, expected.allowed);
+                prop_assert_eq!(got.retry_after, expected.retry_after);
+                if got.allowed {
+                    prop_assert_eq!(got.remaining, expected.remaining);
+                } else {
                     prop_assert!(got.remaining <= expected.remaining && expected.remaining < cost);
                 }
                 clock.advance(Duration::from_micros(pause_us));

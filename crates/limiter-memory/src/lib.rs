@@ -155,6 +155,63 @@ impl<C: Clock> MemoryLimiter<C> {
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Memory))
     }
 
+    /// The same dry run as [`RateLimiter::peek`], synchronously: what
+    /// [`check_sync`](Self::check_sync) would answer now, taking nothing and tracking no new
+    /// bucket.
+    ///
+    /// # Errors
+    /// As for [`check_sync`](Self::check_sync).
+    pub fn peek_sync(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        cost: u64,
+    ) -> Result<Decision, Error> {
+        if policy.is_unlimited() {
+            return Ok(Decision::unlimited());
+        }
+        let quotas = policy.quotas();
+        let client = BucketKey::client(key, policy);
+        let now = self.clock.now_micros();
+        let outcome = self
+            .shard_of(client)
+            .inner
+            .lock()
+            .peek(client, quotas, now, cost)?;
+        Ok(Decision::from_outcome(&outcome, quotas, Backend::Memory))
+    }
+
+    /// The same refund as [`RateLimiter::refund`], synchronously: `tokens` back to every
+    /// bucket of the client under `policy`, each capped at its capacity; a bucket not
+    /// tracked is full and stays untracked. Answers the state after, allowed.
+    ///
+    /// # Errors
+    /// As for [`check_sync`](Self::check_sync), with `tokens` for the cost.
+    pub fn refund_sync(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        if policy.is_unlimited() {
+            return Ok(Decision::unlimited());
+        }
+        let quotas = policy.quotas();
+        let client = BucketKey::client(key, policy);
+        let now = self.clock.now_micros();
+        let outcome = self
+            .shard_of(client)
+            .inner
+            .lock()
+            .refund(client, quotas, now, tokens)?;
+        Ok(Decision::from_outcome(&outcome, quotas, Backend::Memory))
+    }
+
+    /// The shard that holds every bucket of (client, policy).
+    fn shard_of(&self, client: BucketKey) -> &Shard {
+        &self.shards[shard_index(client.hash(), self.shard_bits)]
+    }
+
     /// Buckets tracked now, idle ones included until they are reclaimed.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.inner.lock().table.len()).sum()
@@ -196,6 +253,19 @@ impl<C: Clock> RateLimiter for MemoryLimiter<C> {
         cost: u64,
     ) -> Option<Result<Decision, Error>> {
         Some(self.check_sync(key, policy, cost))
+    }
+
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.peek_sync(key, policy, cost)
+    }
+
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        self.refund_sync(key, policy, tokens)
     }
 }
 

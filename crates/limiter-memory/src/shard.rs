@@ -132,18 +132,7 @@ impl ShardMap {
         now: u64,
         cost: u64,
     ) -> Result<bucket::Outcome, Error> {
-        let n = quotas.len().min(MAX_QUOTAS);
-        let mut states = [BucketState {
-            level: 0,
-            updated: 0,
-        }; MAX_QUOTAS];
-        for (i, (q, s)) in quotas.iter().zip(&mut states[..n]).enumerate() {
-            let key = client.quota(i);
-            *s = match self.table.find(key.hash(), |e| e.key == key) {
-                Some(e) => e.state,
-                None => BucketState::full(q, now),
-            };
-        }
+        let (mut states, n) = self.states(client, quotas, now);
         let outcome = bucket::check(quotas, &mut states[..n], now, cost)?;
         if outcome.allowed {
             for (i, (q, &state)) in quotas.iter().zip(&states[..n]).enumerate() {
@@ -158,6 +147,65 @@ impl ShardMap {
             }
         }
         Ok(outcome)
+    }
+
+    /// What a check would answer, taking nothing: the states are read, never written, and
+    /// a bucket not held is not created.
+    pub(crate) fn peek(
+        &self,
+        client: BucketKey,
+        quotas: &[Quota],
+        now: u64,
+        cost: u64,
+    ) -> Result<bucket::Outcome, Error> {
+        let (states, n) = self.states(client, quotas, now);
+        bucket::peek(quotas, &states[..n], now, cost)
+    }
+
+    /// Gives `tokens` back to every bucket of the client held here. A bucket not held is
+    /// full, and stays so without being created: a refund never costs a place.
+    pub(crate) fn refund(
+        &mut self,
+        client: BucketKey,
+        quotas: &[Quota],
+        now: u64,
+        tokens: u64,
+    ) -> Result<bucket::Outcome, Error> {
+        let (mut states, n) = self.states(client, quotas, now);
+        let outcome = bucket::refund(quotas, &mut states[..n], now, tokens)?;
+        for (i, (q, &state)) in quotas.iter().zip(&states[..n]).enumerate() {
+            let key = client.quota(i);
+            if let Some(entry) = self.table.find_mut(key.hash(), |e| e.key == key) {
+                // Fuller, so idle sooner: the sweep's bound must know.
+                entry.set(state, state.full_after(q));
+                let full_at = entry.full_at();
+                self.note_write(full_at);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The states of the client's buckets under `quotas`, one per quota up to
+    /// [`MAX_QUOTAS`], and how many: a bucket not held is full at `now`.
+    fn states(
+        &self,
+        client: BucketKey,
+        quotas: &[Quota],
+        now: u64,
+    ) -> ([BucketState; MAX_QUOTAS], usize) {
+        let n = quotas.len().min(MAX_QUOTAS);
+        let mut states = [BucketState {
+            level: 0,
+            updated: 0,
+        }; MAX_QUOTAS];
+        for (i, (q, s)) in quotas.iter().zip(&mut states[..n]).enumerate() {
+            let key = client.quota(i);
+            *s = match self.table.find(key.hash(), |e| e.key == key) {
+                Some(e) => e.state,
+                None => BucketState::full(q, now),
+            };
+        }
+        (states, n)
     }
 
     fn note_write(&mut self, full_at: u64) {

@@ -8,6 +8,7 @@ use deadpool_redis::redis::{self, RedisError, Script};
 use limiter_core::{Error, ErrorKind};
 use parking_lot::Mutex;
 
+use crate::adjust::{ADJUST_SCRIPT, Adjust};
 use crate::error::{classify, classify_pool};
 use crate::script::{Answer, Call, SCRIPT, answers, probe_key};
 use crate::topology::{Conn, Connect, Source};
@@ -27,6 +28,8 @@ pub(crate) struct Inner {
     generation: AtomicU64,
     /// The SHA-1 of [`SCRIPT`], for `EVALSHA`.
     sha: String,
+    /// The SHA-1 of [`ADJUST_SCRIPT`], for `EVALSHA`.
+    adjust_sha: String,
     /// One per connection when checks are batched; none when each check is its own call.
     pub(crate) lanes: Box<[batch::Lane]>,
     pub(crate) config: RedisConfig,
@@ -53,6 +56,7 @@ impl Inner {
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             sha: Script::new(SCRIPT).get_hash().to_owned(),
+            adjust_sha: Script::new(ADJUST_SCRIPT).get_hash().to_owned(),
             lanes: (0..lanes).map(|_| batch::Lane::default()).collect(),
             config,
         }
@@ -118,15 +122,37 @@ impl Inner {
 
     /// One check as its own script call, on connection `i`.
     pub(crate) async fn run_on(&self, i: usize, call: &Call) -> Result<Answer, Error> {
-        let (generation, mut conn) = self.connection(i).await?;
+        let reply = self
+            .eval_on(i, |mut conn| async move {
+                call.eval(&mut conn, &self.sha).await
+            })
+            .await?;
+        first(answers(&reply, call.sizes())?)
+    }
+
+    /// One peek or refund (`lua/adjust.lua`), on connection `i`: its answer has the format
+    /// of one check's.
+    pub(crate) async fn adjust_on(&self, i: usize, call: &Adjust) -> Result<Answer, Error> {
+        let reply = self
+            .eval_on(i, |mut conn| async move {
+                call.eval(&mut conn, &self.adjust_sha).await
+            })
+            .await?;
+        first(answers(&reply, std::iter::once(call.keys.len()))?)
+    }
+
+    /// `eval` on connection `i` (opened if needed), watched for a stall, its failure
+    /// classified and the connection dropped if the failure may lie in it.
+    async fn eval_on<F, R>(&self, i: usize, eval: F) -> Result<Vec<i64>, Error>
+    where
+        F: FnOnce(Conn) -> R,
+        R: Future<Output = redis::RedisResult<Vec<i64>>>,
+    {
+        let (generation, conn) = self.connection(i).await?;
         let guard = StallGuard::new(self, i, generation);
-        let result = call.eval(&mut conn, &self.sha).await;
+        let result = eval(conn).await;
         guard.disarm();
-        let reply = result.map_err(|e| self.failed(i, generation, e))?;
-        let mut answers = answers(&reply, call.sizes())?;
-        answers.next().ok_or_else(|| {
-            Error::backend(BACKEND, ErrorKind::Reply, "a call of no checks was sent")
-        })
+        result.map_err(|e| self.failed(i, generation, e))
     }
 
     /// The script's SHA-1, for `EVALSHA`.
@@ -191,6 +217,13 @@ impl Inner {
             after: self.config.timeout,
         }
     }
+}
+
+/// The answer of a call of one check.
+fn first(mut answers: impl Iterator<Item = Answer>) -> Result<Answer, Error> {
+    answers
+        .next()
+        .ok_or_else(|| Error::backend(BACKEND, ErrorKind::Reply, "a call of no checks was sent"))
 }
 
 /// Replaces a connection whose call was abandoned after waiting [`Inner::stalled_after`]: a

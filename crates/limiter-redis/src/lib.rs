@@ -9,6 +9,11 @@
 //! bucket's time to refill and expires within twice that ([`Expiry`]), so idle clients cost
 //! nothing.
 //!
+//! Peeks and refunds ([`RateLimiter::peek`], [`RateLimiter::refund`]) run a sibling script,
+//! [`ADJUST_SCRIPT`] (`lua/adjust.lua`), on the same keys and stored buckets, one direct
+//! call each (never batched), bounded and classified as a single check; the check script
+//! is left as it is, tuned for checks alone.
+//!
 //! ```no_run
 //! use limiter_core::{ClientKeyHasher, RateLimiter, Tier, TierPolicies};
 //! use limiter_redis::{RedisConfig, RedisLimiter};
@@ -75,6 +80,7 @@ use async_trait::async_trait;
 use limiter_core::bucket;
 use limiter_core::{Backend, ClientKey, Decision, Error, Partitioned, Policy, RateLimiter};
 
+mod adjust;
 mod batch;
 mod config;
 mod connection;
@@ -83,6 +89,7 @@ mod script;
 mod stored;
 mod topology;
 
+pub use adjust::ADJUST_SCRIPT;
 pub use config::{RedisConfig, redacted};
 pub use script::SCRIPT;
 pub use stored::{Expiry, StoredBucket};
@@ -91,6 +98,7 @@ pub use topology::{Topology, hash_slot};
 /// The `redis` crate this backend is built on, so users share one version.
 pub use deadpool_redis::redis;
 
+use adjust::{Adjust, Mode};
 use connection::Inner;
 use script::{Call, bucket_key};
 use topology::{Slots, Source};
@@ -162,6 +170,35 @@ impl RedisLimiter {
         self.inner.warm_up().await
     }
 
+    /// A peek or a refund of `tokens` (`lua/adjust.lua`): one call on the next connection,
+    /// never batched, bounded by [`RedisConfig::timeout`] and its errors classified as a
+    /// single check's.
+    async fn adjust(
+        &self,
+        mode: Mode,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        if policy.is_unlimited() {
+            return Ok(Decision::unlimited());
+        }
+        let quotas = policy.quotas();
+        bucket::validate(quotas, tokens)?;
+        let call = Adjust::new(mode, key, policy, tokens);
+        let inner = &self.inner;
+        let reply = inner.adjust_on(inner.next_connection(), &call);
+        let answer = tokio::time::timeout(inner.config.timeout, reply)
+            .await
+            .map_err(|_| inner.timed_out())??;
+        let key_of = |q| bucket_key(key, policy, &quotas[q]);
+        let outcome = match mode {
+            Mode::Peek => answer.outcome(quotas, tokens, key_of)?,
+            Mode::Refund => answer.refund_outcome(quotas, tokens, key_of)?,
+        };
+        Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
+    }
+
     /// One `PING` on the next connection in turn: the bare round trip of this client, for
     /// comparing a check's latency with. ([`RateLimiter::ping`] pings every connection.)
     ///
@@ -195,6 +232,22 @@ impl RateLimiter for RedisLimiter {
             .map_err(|_| inner.timed_out())??;
         let outcome = reply.outcome(quotas, cost, |q| bucket_key(key, policy, &quotas[q]))?;
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Redis))
+    }
+
+    /// `lua/adjust.lua` in peek mode: one call, writing nothing, bounded and classified as
+    /// a single check.
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.adjust(Mode::Peek, key, policy, cost).await
+    }
+
+    /// `lua/adjust.lua` in refund mode: one call, bounded and classified as a single check.
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        self.adjust(Mode::Refund, key, policy, tokens).await
     }
 
     /// [`RedisLimiter::warm_up`]: every connection answers `PING`, dead ones replaced, and

@@ -1,5 +1,6 @@
 //! The token-bucket script and its contract: the keys it reads, the arguments it takes, the
-//! reply it gives (`lua/token_bucket.lua`'s header states the same).
+//! reply it gives (`lua/token_bucket.lua`'s header states the same). Its replies' format is
+//! also `lua/adjust.lua`'s (see `adjust.rs`).
 
 use std::fmt;
 
@@ -117,15 +118,10 @@ impl Call {
             .map(|&(policy, _)| (self.policies[policy].len() - 1) / 4)
     }
 
-    /// Runs the script on this call's checks: `EVALSHA` of `sha`, and on `NOSCRIPT` (a
-    /// restart, a `SCRIPT FLUSH`, a failover) `EVAL` with the script itself, which leaves it
-    /// cached. On a cluster `EVAL` goes wherever the keys are by then, MOVED and ASK
-    /// followed: loading the script separately could land on another node while slots move.
+    /// Runs the script on this call's checks, by [`evalsha`] of `sha`.
     pub(crate) async fn eval(&self, conn: &mut Conn, sha: &str) -> redis::RedisResult<Vec<i64>> {
-        let command = |name: &str, script: &str| {
-            let mut cmd = redis::cmd(name);
-            cmd.arg(script)
-                .arg(self.keys.len())
+        evalsha(conn, sha, SCRIPT, |cmd| {
+            cmd.arg(self.keys.len())
                 .arg(&self.keys)
                 .arg(self.policies.len());
             for policy in &self.policies {
@@ -134,14 +130,33 @@ impl Call {
             for &(policy, cost) in &self.checks {
                 cmd.arg(policy + 1).arg(cost);
             }
-            cmd
-        };
-        match command("EVALSHA", sha).query_async(conn).await {
-            Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
-                command("EVAL", SCRIPT).query_async(conn).await
-            }
-            other => other,
+        })
+        .await
+    }
+}
+
+/// `EVALSHA sha` with the keys and arguments `args` writes (from the number of keys on),
+/// and on `NOSCRIPT` (a restart, a `SCRIPT FLUSH`, a failover) `EVAL` of `script` itself,
+/// which leaves it cached. On a cluster `EVAL` goes wherever the keys are by then, MOVED
+/// and ASK followed: loading the script separately could land on another node while slots
+/// move.
+pub(crate) async fn evalsha(
+    conn: &mut Conn,
+    sha: &str,
+    script: &str,
+    args: impl Fn(&mut redis::Cmd),
+) -> redis::RedisResult<Vec<i64>> {
+    let command = |name: &str, body: &str| {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(body);
+        args(&mut cmd);
+        cmd
+    };
+    match command("EVALSHA", sha).query_async(conn).await {
+        Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
+            command("EVAL", script).query_async(conn).await
         }
+        other => other,
     }
 }
 
@@ -198,17 +213,48 @@ impl Answer {
         cost: u64,
         key_of: impl FnOnce(usize) -> String,
     ) -> Result<Outcome, Error> {
-        let bad = || {
-            Error::backend(
-                BACKEND,
-                ErrorKind::Reply,
-                format!(
-                    "script replied {self:?} for {} quotas, out of range",
-                    quotas.len()
-                ),
-            )
-        };
         let allowed = self.allowed(quotas.len(), key_of)?;
+        self.measured(quotas, |now, measures| {
+            bucket::outcome_of(quotas, measures, now, cost, allowed)
+        })
+    }
+
+    /// The [`Outcome`] of a refund of `tokens` under `quotas` (`lua/adjust.lua` in refund
+    /// mode), computed by the core from the buckets the script measured after the refund,
+    /// refusing anything that cannot be such a refund. `key_of` as for
+    /// [`outcome`](Self::outcome).
+    pub(crate) fn refund_outcome(
+        &self,
+        quotas: &[Quota],
+        tokens: u64,
+        key_of: impl FnOnce(usize) -> String,
+    ) -> Result<Outcome, Error> {
+        if !self.allowed(quotas.len(), key_of)? {
+            return Err(self.out_of_range(quotas.len()));
+        }
+        self.measured(quotas, |now, measures| {
+            bucket::refund_outcome_of(quotas, measures, now, tokens)
+        })
+    }
+
+    /// The error of an answer no script call could give for `quotas` quotas.
+    fn out_of_range(&self, quotas: usize) -> Error {
+        Error::backend(
+            BACKEND,
+            ErrorKind::Reply,
+            format!("script replied {self:?} for {quotas} quotas, out of range"),
+        )
+    }
+
+    /// `outcome_of(now, measures)`, `now` and `measures` read from the answer; a reply error
+    /// if they are out of range or `outcome_of` refuses them.
+    #[inline]
+    fn measured(
+        &self,
+        quotas: &[Quota],
+        outcome_of: impl FnOnce(u64, &[Measure]) -> Option<Outcome>,
+    ) -> Result<Outcome, Error> {
+        let bad = || self.out_of_range(quotas.len());
         let now = u64::try_from(self.now).map_err(|_| bad())?;
         let mut measures = [Measure { level: 0, stamp: 0 }; MAX_QUOTAS];
         for ((m, &[level, offset]), q) in measures.iter_mut().zip(&self.buckets).zip(quotas) {
@@ -221,7 +267,7 @@ impl Answer {
             };
         }
         let measures = measures.get(..self.len).ok_or_else(bad)?;
-        bucket::outcome_of(quotas, measures, now, cost, allowed).ok_or_else(bad)
+        outcome_of(now, measures).ok_or_else(bad)
     }
 
     /// Whether the check was admitted; [`Error::UnreadableBucket`] if a key of it held
@@ -359,6 +405,37 @@ mod tests {
         // The wrong number of values fails the whole call.
         let err = answers(&reply[..13], sizes.iter().copied()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Reply);
+    }
+
+    #[test]
+    fn refund_answers_are_checked_as_refunds() {
+        let quotas = [Quota::per_second(10).unwrap()];
+        let (max, unit) = (quotas[0].max_level() as i64, quotas[0].unit() as i64);
+        let now = 1_796_232_460_540_357_i64;
+        let answer = |reply: [i64; 4]| answers(&reply, [1].into_iter()).unwrap().next().unwrap();
+        let key = |q| format!("key{q}");
+        let full = answer([now, 1, max, 0])
+            .refund_outcome(&quotas, 3, key)
+            .unwrap();
+        assert!(full.allowed);
+        assert_eq!((full.remaining, full.reset_after_us), (10, 0));
+        let some = answer([now, 1, 4 * unit, 0])
+            .refund_outcome(&quotas, 3, key)
+            .unwrap();
+        assert_eq!((some.remaining, some.reset_after_us), (4, 600_000));
+        let err = answer([now, -1, 0, 0])
+            .refund_outcome(&quotas, 3, key)
+            .unwrap_err();
+        assert!(err.is_per_check(), "{err}");
+        for bad in [
+            [now, 0, max, 0],          // a refund is never denied
+            [now, 1, 3 * unit - 1, 0], // below the tokens given back
+            [now, 1, max + 1, 0],      // above full
+            [now, 1, max, -1],         // stamped before now
+        ] {
+            let err = answer(bad).refund_outcome(&quotas, 3, key).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Reply, "{bad:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const UNREADABLE: u8 = 4;
 pub struct Scripted {
     mode: AtomicU8,
     pub checks: AtomicU64,
+    pub peeks: AtomicU64,
+    pub refunds: AtomicU64,
     pub pings: AtomicU64,
 }
 
@@ -59,23 +61,36 @@ impl Scripted {
     }
 }
 
+/// The primary's answer when it is up: allowed, one token left.
+fn answer(policy: &Policy) -> Decision {
+    let outcome = limiter_core::bucket::Outcome {
+        allowed: true,
+        quota: 0,
+        remaining: 1,
+        reset_after_us: 1,
+        retry_after_us: None,
+    };
+    Decision::from_outcome(&outcome, policy.quotas(), Backend::Redis)
+}
+
 #[limiter_core::async_trait]
 impl RateLimiter for Scripted {
     async fn check(&self, _: &ClientKey, policy: &Policy, _: u64) -> Result<Decision, Error> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         self.behave().await?;
-        let outcome = limiter_core::bucket::Outcome {
-            allowed: true,
-            quota: 0,
-            remaining: 1,
-            reset_after_us: 1,
-            retry_after_us: None,
-        };
-        Ok(Decision::from_outcome(
-            &outcome,
-            policy.quotas(),
-            Backend::Redis,
-        ))
+        Ok(answer(policy))
+    }
+
+    async fn peek(&self, _: &ClientKey, policy: &Policy, _: u64) -> Result<Decision, Error> {
+        self.peeks.fetch_add(1, Ordering::SeqCst);
+        self.behave().await?;
+        Ok(answer(policy))
+    }
+
+    async fn refund(&self, _: &ClientKey, policy: &Policy, _: u64) -> Result<Decision, Error> {
+        self.refunds.fetch_add(1, Ordering::SeqCst);
+        self.behave().await?;
+        Ok(answer(policy))
     }
 
     async fn ping(&self) -> Result<(), Error> {
