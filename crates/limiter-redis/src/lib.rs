@@ -82,6 +82,7 @@ use limiter_core::{Backend, ClientKey, Decision, Error, Partitioned, Policy, Rat
 
 mod adjust;
 mod batch;
+mod commands;
 mod config;
 mod connection;
 mod error;
@@ -90,6 +91,7 @@ mod stored;
 mod topology;
 
 pub use adjust::ADJUST_SCRIPT;
+pub use commands::RedisConnection;
 pub use config::{RedisConfig, redacted};
 pub use script::SCRIPT;
 pub use stored::{Expiry, StoredBucket};
