@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use limiter_core::{Decision, Error, Tier};
+use limiter_core::Error;
 use pin_project_lite::pin_project;
 use serde_json::Map;
 use tower_service::Service;
@@ -15,10 +15,10 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::identify::Rejection;
 use crate::problem::problem;
-use crate::response::{Asked, Verdict, already_served, with_limits};
-use crate::service::Shared;
+use crate::response::{Asked, Limits, Verdict, already_served, with_limits};
+use crate::service::Checked;
 
-type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+type CheckFuture = Pin<Box<dyn Future<Output = Result<Checked, Error>> + Send>>;
 
 /// The limit check: decided at once by the backend ([`RateLimiter::check_now`]), or a
 /// future to wait on.
@@ -26,7 +26,7 @@ type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>
 /// [`RateLimiter::check_now`]: limiter_core::RateLimiter::check_now
 pub(crate) enum Check {
     /// Decided; `None` once taken.
-    Ready(Option<Result<Decision, Error>>),
+    Ready(Option<Result<Checked, Error>>),
     Pending(CheckFuture),
 }
 
@@ -57,7 +57,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             // What the limit headers are made of, added to the inner response.
-            limits: Option<(Arc<Shared>, Tier, Decision)>,
+            limits: Option<Limits>,
         },
         Answered {
             response: Option<Response<Bytes>>,
@@ -104,20 +104,23 @@ where
     /// The state after the check: call the inner service, or answer.
     fn after(verdict: Verdict, asked: &Asked, pending: Option<(S, Request<ReqBody>)>) -> Self {
         match (verdict, pending) {
-            (Verdict::Serve(info), Some((mut inner, mut request))) => {
+            (Verdict::Serve(info, policy), Some((mut inner, mut request))) => {
                 request.extensions_mut().insert(info);
                 State::Calling {
                     future: inner.call(request),
-                    limits: info
-                        .decision
-                        .map(|d| (Arc::clone(&asked.shared), asked.tier, d)),
+                    limits: info.decision.map(|decision| Limits {
+                        shared: Arc::clone(&asked.shared),
+                        tier: asked.tier,
+                        decision,
+                        policy,
+                    }),
                 }
             }
             (Verdict::Answer(response), _) => State::Answered {
                 response: Some(response),
             },
             // Polled again after completion: nothing left to serve.
-            (Verdict::Serve(_), None) => State::Answered {
+            (Verdict::Serve(..), None) => State::Answered {
                 response: Some(already_served()),
             },
         }

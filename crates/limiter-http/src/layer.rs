@@ -4,11 +4,13 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use http::request::Parts;
 use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
+use limiter_rules::{Observe, Rules};
 use tower_layer::Layer;
 
 use crate::identify::{ClientIp, Identify};
-use crate::service::{RateLimit, Shared, tier_limits};
+use crate::service::{RateLimit, Shared, path_resource, tier_limits};
 
 /// What a guarded route answers when the limiter cannot decide (an error that is not a
 /// denial; with a `Fallback` backend, outages are decided in memory and never get here).
@@ -61,6 +63,9 @@ impl RateLimitLayer {
                 identify: Arc::new(ClientIp::new()),
                 cost: 1,
                 on_error: OnError::Allow,
+                rules: None,
+                resource: Arc::new(path_resource),
+                observer: None,
             },
         }
     }
@@ -87,6 +92,32 @@ impl RateLimitLayer {
     /// What to answer when the limiter cannot decide. Default [`OnError::Allow`].
     pub fn on_error(mut self, on_error: OnError) -> Self {
         self.shared.on_error = on_error;
+        self
+    }
+}
+
+impl RateLimitLayer {
+    /// Live rules over the tiers' policies: the most specific rule that matches a request
+    /// decides it (the tier's policy when none does), a shadow rule is evaluated beside it,
+    /// and the kill switch is obeyed. Changes to `rules` apply to the next request.
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.shared.rules = Some(rules);
+        self
+    }
+
+    /// What a request is for, as rules' `resource` sees it. Default: its path, so a rule
+    /// on `/api/upload` covers `/api/upload/1`. Return `None` for no resource.
+    pub fn resource<F>(mut self, resource: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.shared.resource = Arc::new(resource);
+        self
+    }
+
+    /// Where each decided request is reported (statistics, violations), when rules are on.
+    pub fn observe(mut self, observer: Arc<dyn Observe>) -> Self {
+        self.shared.observer = Some(observer);
         self
     }
 }

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
-use limiter_core::{ClientKey, Decision, Error, Tier};
+use limiter_core::{ClientKey, Decision, Error, Policy, Tier};
 use serde_json::Map;
 
 use crate::body::ResponseBody;
-use crate::headers::insert_with_policy;
+use crate::headers::{insert_with_policy, policy_header};
 use crate::layer::OnError;
 use crate::problem::{problem, too_many_requests_body};
-use crate::service::{RateLimitInfo, Shared};
+use crate::service::{Checked, RateLimitInfo, Shared};
 use crate::telemetry;
 
 /// Who asked, and since when: what the answer is made with.
@@ -29,18 +29,18 @@ pub(crate) struct Asked {
 /// What to do with a request once its check is decided.
 pub(crate) enum Verdict {
     /// Call the inner service with `info` in the request's extensions, and add the limit
-    /// headers of its decision to the response.
-    Serve(RateLimitInfo),
+    /// headers of its decision (made by a rule's policy, or the tier's) to the response.
+    Serve(RateLimitInfo, Option<Policy>),
     /// Answer with this response instead.
     Answer(Response<Bytes>),
 }
 
 impl Asked {
     /// The verdict on `result`, recorded in the metrics and, when denied or failed, the log.
-    pub(crate) fn verdict(&self, result: Result<Decision, Error>) -> Verdict {
+    pub(crate) fn verdict(&self, result: Result<Checked, Error>) -> Verdict {
         let (shared, tier, client) = (&self.shared, self.tier, self.client);
         match result {
-            Ok(decision) => {
+            Ok(Checked { decision, policy }) => {
                 // No backend asked (an unlimited tier), no latency to record.
                 let latency = if decision.quota.is_none() {
                     Duration::ZERO
@@ -49,7 +49,7 @@ impl Asked {
                 };
                 telemetry::record_decision(tier, &decision, latency);
                 if decision.allowed {
-                    return self.serve(Some(decision));
+                    return self.serve(Some(decision), policy);
                 }
                 tracing::debug!(
                     target: "limiter_http",
@@ -60,9 +60,25 @@ impl Asked {
                     "rate limited"
                 );
                 let limits = shared.limits(tier);
-                let mut response = too_many_requests_body(&limits.policy, &decision);
-                let headers = response.headers_mut();
-                insert_with_policy(headers, &limits.policy, &limits.policy_header, &decision);
+                let response = match &policy {
+                    None => {
+                        let mut response = too_many_requests_body(&limits.policy, &decision);
+                        let headers = response.headers_mut();
+                        insert_with_policy(
+                            headers,
+                            &limits.policy,
+                            &limits.policy_header,
+                            &decision,
+                        );
+                        response
+                    }
+                    Some(policy) => {
+                        let mut response = too_many_requests_body(policy, &decision);
+                        let header = policy_header(policy);
+                        insert_with_policy(response.headers_mut(), policy, &header, &decision);
+                        response
+                    }
+                };
                 Verdict::Answer(response)
             }
             Err(error) => {
@@ -70,7 +86,7 @@ impl Asked {
                 match shared.on_error {
                     OnError::Allow => {
                         tracing::warn!(target: "limiter_http", %error, %client, "rate limiter failed: request let through");
-                        self.serve(None)
+                        self.serve(None, None)
                     }
                     OnError::Deny => {
                         tracing::warn!(target: "limiter_http", %error, %client, "rate limiter failed: request refused");
@@ -81,29 +97,53 @@ impl Asked {
         }
     }
 
-    fn serve(&self, decision: Option<Decision>) -> Verdict {
-        Verdict::Serve(RateLimitInfo {
+    fn serve(&self, decision: Option<Decision>, policy: Option<Policy>) -> Verdict {
+        let info = RateLimitInfo {
             tier: self.tier,
             client: self.client,
             decision,
-        })
+        };
+        Verdict::Serve(info, policy)
     }
 }
 
-/// The inner service's `response` with the limit headers of `decision`, if any.
+/// What the limit headers of an admitted request are made of.
+pub(crate) struct Limits {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tier: Tier,
+    pub(crate) decision: Decision,
+    /// A rule's policy; `None`: the tier's.
+    pub(crate) policy: Option<Policy>,
+}
+
+/// The inner service's `response` with the limit headers of `limits`, if any.
 pub(crate) fn with_limits<B>(
     response: Response<B>,
-    limits: Option<(Arc<Shared>, Tier, Decision)>,
+    limits: Option<Limits>,
 ) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
-    if let Some((shared, tier, decision)) = limits {
-        let limits = shared.limits(tier);
-        insert_with_policy(
-            &mut parts.headers,
-            &limits.policy,
-            &limits.policy_header,
-            &decision,
-        );
+    if let Some(Limits {
+        shared,
+        tier,
+        decision,
+        policy,
+    }) = limits
+    {
+        match policy {
+            None => {
+                let limits = shared.limits(tier);
+                insert_with_policy(
+                    &mut parts.headers,
+                    &limits.policy,
+                    &limits.policy_header,
+                    &decision,
+                );
+            }
+            Some(policy) => {
+                let header = policy_header(&policy);
+                insert_with_policy(&mut parts.headers, &policy, &header, &decision);
+            }
+        }
     }
     Response::from_parts(parts, ResponseBody::inner(body))
 }

@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use http::request::Parts;
 use http::{HeaderValue, Request, Response};
-use limiter_core::{ClientKey, ClientKeyHasher, Decision, Policy, RateLimiter, Tier, TierPolicies};
+use limiter_core::{
+    ClientKey, ClientKeyHasher, Decision, Error, Policy, RateLimiter, Tier, TierPolicies,
+};
+use limiter_rules::{Observe, Operation, Query, Rules, validate_resource};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::future::{Check, ResponseFuture};
 use crate::headers::policy_header;
-use crate::identify::Identify;
+use crate::identify::{Identify, Identity};
 use crate::layer::OnError;
 use crate::response::Asked;
 
@@ -37,6 +41,34 @@ pub(crate) struct Shared {
     pub(crate) identify: Arc<dyn Identify>,
     pub(crate) cost: u64,
     pub(crate) on_error: OnError,
+    pub(crate) rules: Option<Rules>,
+    pub(crate) resource: ResourceOf,
+    pub(crate) observer: Option<Arc<dyn Observe>>,
+}
+
+/// Names a request's resource for rules.
+pub(crate) type ResourceOf = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// The default resource: the request's path, when it is one a rule could name.
+pub(crate) fn path_resource(parts: &Parts) -> Option<String> {
+    let path = parts.uri.path();
+    validate_resource(path).is_ok().then(|| path.to_owned())
+}
+
+/// A check's decision and the policy that made it: a rule's, or `None` for the tier's.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub(crate) decision: Decision,
+    pub(crate) policy: Option<Policy>,
+}
+
+impl Checked {
+    fn tier(decision: Decision) -> Self {
+        Self {
+            decision,
+            policy: None,
+        }
+    }
 }
 
 /// A tier's policy and its `RateLimit-Policy` field, made once.
@@ -71,6 +103,7 @@ impl fmt::Debug for Shared {
             .field("tiers", &policies)
             .field("cost", &self.cost)
             .field("on_error", &self.on_error)
+            .field("rules", &self.rules)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +156,10 @@ where
             Ok(identity) => identity,
             Err(rejection) => return ResponseFuture::rejected(&rejection),
         };
+        let resource = match self.shared.rules {
+            Some(_) => (self.shared.resource)(&parts),
+            None => None,
+        };
         let request = Request::from_parts(parts, body);
         let tier = identity.tier();
         let client = self.shared.hasher.hash(identity.id());
@@ -132,22 +169,9 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
 
         let started = Instant::now();
-        let policy = &self.shared.limits(tier).policy;
-        let check = if policy.is_unlimited() {
-            Check::Ready(Some(Ok(Decision::unlimited())))
-        } else if let Some(result) =
-            self.shared
-                .limiter
-                .check_now(&client, policy, self.shared.cost)
-        {
-            // In-process backends decide here: no future to box.
-            Check::Ready(Some(result))
-        } else {
-            let shared = Arc::clone(&self.shared);
-            Check::Pending(Box::pin(async move {
-                let policy = &shared.limits(tier).policy;
-                shared.limiter.check(&client, policy, shared.cost).await
-            }))
+        let check = match &self.shared.rules {
+            None => self.check_tier(tier, client),
+            Some(_) => self.check_rules(&identity, client, resource),
         };
         let asked = Asked {
             shared: Arc::clone(&self.shared),
@@ -156,5 +180,99 @@ where
             started,
         };
         ResponseFuture::checking(check, inner, request, asked)
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// The check of the tier's policy, without rules.
+    fn check_tier(&self, tier: Tier, client: ClientKey) -> Check {
+        let policy = &self.shared.limits(tier).policy;
+        if policy.is_unlimited() {
+            Check::Ready(Some(Ok(Checked::tier(Decision::unlimited()))))
+        } else if let Some(result) =
+            self.shared
+                .limiter
+                .check_now(&client, policy, self.shared.cost)
+        {
+            // In-process backends decide here: no future to box.
+            Check::Ready(Some(result.map(Checked::tier)))
+        } else {
+            let shared = Arc::clone(&self.shared);
+            Check::Pending(Box::pin(async move {
+                let policy = &shared.limits(tier).policy;
+                let decision = shared.limiter.check(&client, policy, shared.cost).await?;
+                Ok(Checked::tier(decision))
+            }))
+        }
+    }
+
+    /// The check under the rules in force: the tier's policy unless a rule matches.
+    fn check_rules(
+        &self,
+        identity: &Identity,
+        client: ClientKey,
+        resource: Option<String>,
+    ) -> Check {
+        let Some(rules) = &self.shared.rules else {
+            return self.check_tier(identity.tier(), client);
+        };
+        let set = rules.current();
+        let (tier, ip, api_key) = (identity.tier(), identity.ip(), identity.api_key());
+        let query = Query {
+            tier,
+            client,
+            ip,
+            api_key,
+            resource: resource.as_deref(),
+        };
+        let resolution = set.resolve(&query);
+        let tier_policy = &self.shared.limits(tier).policy;
+        if resolution.rule.is_none() && resolution.shadow.is_none() {
+            // The tier decides: as without rules, in place when the backend can.
+            let decided = if tier_policy.is_unlimited() {
+                Some(Ok(Decision::unlimited()))
+            } else {
+                self.shared
+                    .limiter
+                    .check_now(&client, tier_policy, self.shared.cost)
+            };
+            if let Some(result) = decided {
+                return Check::Ready(Some(result.map(|decision| {
+                    let verdict = limiter_rules::finish(&set, resolution, decision, None);
+                    if let Some(observer) = &self.shared.observer {
+                        observer.observe(&query, &verdict);
+                    }
+                    Checked::tier(verdict.decision)
+                })));
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        Check::Pending(Box::pin(async move {
+            let query = Query {
+                tier,
+                client,
+                ip,
+                api_key,
+                resource: resource.as_deref(),
+            };
+            let resolution = set.resolve(&query);
+            let verdict = limiter_rules::decide(
+                &*shared.limiter,
+                &set,
+                resolution,
+                &shared.limits(tier).policy,
+                &client,
+                shared.cost,
+                Operation::Check,
+            )
+            .await?;
+            if let Some(observer) = &shared.observer {
+                observer.observe(&query, &verdict);
+            }
+            Ok::<_, Error>(Checked {
+                decision: verdict.decision,
+                policy: resolution.rule.map(|r| r.policy().clone()),
+            })
+        }))
     }
 }

@@ -159,7 +159,7 @@ impl ClientIp {
 impl Identify for ClientIp {
     fn identify(&self, request: &Parts) -> Result<Identity, Rejection> {
         match self.client_ip(request) {
-            Some(ip) => Ok(Identity::new(Tier::Anonymous, self.client_id(ip))),
+            Some(ip) => Ok(Identity::new(Tier::Anonymous, self.client_id(ip)).with_ip(ip)),
             None => Err(no_peer()),
         }
     }

@@ -8,6 +8,7 @@ use http::StatusCode;
 use http::header::HeaderName;
 use http::request::Parts;
 use limiter_core::Tier;
+use limiter_rules::KeyHash;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -159,7 +160,12 @@ impl Identify for ApiKeyOrIp {
             let hash = <[u8; 32]>::from(Sha256::digest(value.as_bytes()));
             if let Some(&tier) = self.keys.tiers.get(&hash) {
                 // The key itself goes no further than this digest.
-                return Ok(Identity::new(tier, format!("key:{}", hex::encode(hash))));
+                let identity = Identity::new(tier, format!("key:{}", hex::encode(hash)))
+                    .with_api_key(KeyHash::from_bytes(hash));
+                return Ok(match self.ip.client_ip(request) {
+                    Some(ip) => identity.with_ip(ip),
+                    None => identity,
+                });
             }
             if self.keys.unknown == UnknownKey::Reject {
                 return Err(Rejection::new(StatusCode::UNAUTHORIZED, "unknown API key"));

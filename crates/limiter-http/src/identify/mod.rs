@@ -5,9 +5,12 @@
 
 use std::fmt;
 
+use std::net::IpAddr;
+
 use http::StatusCode;
 use http::request::Parts;
 use limiter_core::Tier;
+use limiter_rules::KeyHash;
 
 mod ip;
 mod keys;
@@ -23,6 +26,8 @@ pub use keys::{ApiKeyOrIp, ApiKeys, DEFAULT_API_KEY_HEADER, InvalidKeyHash, Unkn
 pub struct Identity {
     tier: Tier,
     id: String,
+    ip: Option<IpAddr>,
+    api_key: Option<KeyHash>,
 }
 
 impl Identity {
@@ -31,7 +36,33 @@ impl Identity {
         Self {
             tier,
             id: id.into(),
+            ip: None,
+            api_key: None,
         }
+    }
+
+    /// The client's address, which `ip` rules match (whatever the client is counted by).
+    #[must_use]
+    pub fn with_ip(mut self, ip: IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
+    /// The hash of the API key the client presented, which `api_key` rules match.
+    #[must_use]
+    pub fn with_api_key(mut self, hash: KeyHash) -> Self {
+        self.api_key = Some(hash);
+        self
+    }
+
+    /// The client's address, if known.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+
+    /// The hash of the client's API key, if it presented a known one.
+    pub fn api_key(&self) -> Option<KeyHash> {
+        self.api_key
     }
 
     /// The tier whose policy applies.

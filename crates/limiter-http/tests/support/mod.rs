@@ -55,6 +55,21 @@ impl RateLimiter for Counted {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.memory.check(key, policy, cost).await
     }
+
+    async fn peek(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.memory.peek(key, policy, cost).await
+    }
+
+    async fn refund(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        tokens: u64,
+    ) -> Result<Decision, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.memory.refund(key, policy, tokens).await
+    }
 }
 
 /// A backend that can never decide.
@@ -64,6 +79,14 @@ pub struct Broken;
 #[async_trait]
 impl RateLimiter for Broken {
     async fn check(&self, _: &ClientKey, _: &Policy, _: u64) -> Result<Decision, Error> {
+        Err(Error::unavailable("test", "backend is down"))
+    }
+
+    async fn peek(&self, _: &ClientKey, _: &Policy, _: u64) -> Result<Decision, Error> {
+        Err(Error::unavailable("test", "backend is down"))
+    }
+
+    async fn refund(&self, _: &ClientKey, _: &Policy, _: u64) -> Result<Decision, Error> {
         Err(Error::unavailable("test", "backend is down"))
     }
 }
