@@ -12,6 +12,8 @@ use limiter_memory::MemoryLimiter;
 use limiter_redis::{RedisConfig, RedisLimiter};
 
 use crate::config::{Config, ConfigError};
+use crate::fleet::Fleet;
+use crate::routes::admin::AdminAuth;
 use crate::state::{AppState, Backend};
 use crate::{HttpLimits, routes, telemetry};
 
@@ -20,6 +22,8 @@ use crate::{HttpLimits, routes, telemetry};
 pub struct App {
     state: AppState,
     router: Router,
+    /// The admin API, when it has an address of its own.
+    admin_router: Option<Router>,
 }
 
 impl App {
@@ -34,9 +38,13 @@ impl App {
         let hasher = config.hasher()?;
         let backend = backend(config)?;
         let limiter = backend.limiter();
+        let fleet = Arc::new(Fleet::new(config, &backend)?);
+        let admin = AdminAuth::new(config).map(Arc::new);
         let guard = RateLimitLayer::new(limiter.clone(), hasher.clone())
             .tiers(config.tiers.clone())
             .identify(identity)
+            .rules(fleet.rules.clone())
+            .observe(fleet.records.clone())
             .on_error(match config.fallback.outage {
                 OutagePolicy::Deny => OnError::Deny,
                 _ => OnError::Allow,
@@ -51,9 +59,25 @@ impl App {
             metrics: telemetry::prometheus(),
             started: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
+            fleet,
+            admin,
         };
-        let router = routes::router(state.clone(), guard);
-        Ok(Self { state, router })
+        let separate = config.admin_listen.is_some();
+        let router = routes::router(state.clone(), guard, !separate);
+        let admin_router = separate
+            .then(|| routes::admin::router(state.clone()))
+            .flatten();
+        Ok(Self {
+            state,
+            router,
+            admin_router,
+        })
+    }
+
+    /// The admin API's routes when `admin_listen` gives them an address of their own (and
+    /// an admin token turns them on); otherwise they are part of [`router`](Self::router).
+    pub fn admin_router(&self) -> Option<Router> {
+        self.admin_router.clone()
     }
 
     /// The routes, to serve with [`serve`](crate::serve) (or axum's
@@ -66,6 +90,8 @@ impl App {
     /// started. A Redis that does not answer is logged, not fatal: the fallback serves
     /// meanwhile.
     pub async fn start(&self) {
+        // The rules first: they decide the first requests.
+        self.state.fleet.start().await;
         if let Backend::Redis(fallback, _) = &self.state.backend {
             match fallback.warm_up().await {
                 Ok(()) => tracing::info!("redis answered"),

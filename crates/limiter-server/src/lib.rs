@@ -6,6 +6,7 @@
 
 mod app;
 pub mod config;
+mod fleet;
 mod problem;
 mod routes;
 pub mod serve;

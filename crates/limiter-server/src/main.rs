@@ -65,10 +65,36 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = app.backend_name(), "listening");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let server =
-        limiter_server::serve(listener, app.router(), limits, shutdown(app.clone(), grace));
-    let (served, ()) = tokio::join!(server, app.start());
+    // One shutdown for both listeners: the admin one stops when the main one does.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let admin = match (app.admin_router(), config.admin_listen) {
+        (Some(router), Some(at)) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("admin_listen: cannot bind {at}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+            let mut stopped = stopped.clone();
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            Some(limiter_server::serve(listener, router, limits, stop))
+        }
+        _ => None,
+    };
+    let main_stop = async {
+        shutdown(app.clone(), grace).await;
+        let _ = stopping.send(true);
+    };
+    let server = limiter_server::serve(listener, app.router(), limits, main_stop);
+    let admin = async {
+        match admin {
+            Some(admin) => admin.await,
+            None => Ok(()),
+        }
+    };
+    let (served, admin_served, ()) = tokio::join!(server, admin, app.start());
     served?;
+    admin_served?;
     tracing::info!("stopped");
     Ok(())
 }

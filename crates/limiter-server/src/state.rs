@@ -12,6 +12,9 @@ use limiter_memory::MemoryLimiter;
 use limiter_redis::RedisLimiter;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::fleet::Fleet;
+use crate::routes::admin::AdminAuth;
+
 /// Redis first, memory when Redis cannot decide.
 pub(crate) type RedisFallback = Fallback<RedisLimiter, Arc<MemoryLimiter>>;
 
@@ -48,6 +51,10 @@ pub struct AppState {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) started: Arc<AtomicBool>,
     pub(crate) draining: Arc<AtomicBool>,
+    /// Rules, statistics, violations: what the fleet shares besides buckets.
+    pub(crate) fleet: Arc<Fleet>,
+    /// The admin API's tokens; `None`: the admin API is off.
+    pub(crate) admin: Option<Arc<AdminAuth>>,
 }
 
 impl fmt::Debug for AppState {

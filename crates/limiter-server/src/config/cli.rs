@@ -30,6 +30,18 @@ pub struct Cli {
     /// Log format [env: RATELIMIT_LOG_FORMAT] [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Turns the admin API on, for requests bearing this token (16+ bytes; more tokens,
+    /// with names, in the file's `[admin]`) [env: RATELIMIT_ADMIN_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Serve the admin API on this address instead of beside the check API
+    /// [env: RATELIMIT_ADMIN_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Where rules persist without Redis [env: RATELIMIT_RULES_FILE]
+    /// [default: ratelimitd.rules.json]
+    #[arg(long, value_name = "PATH")]
+    pub rules_file: Option<PathBuf>,
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use axum::http::HeaderName;
 use figment::Figment;
@@ -25,11 +25,14 @@ use limiter_memory::MemoryConfig;
 use limiter_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
 
+mod admin;
 mod cli;
 mod http;
 
+pub use admin::{AdminSection, AdminTokenEntry, MIN_ADMIN_TOKEN_LEN};
 pub use cli::{Cli, Command, LogFormat};
 pub use http::HttpSection;
+use limiter_rules::RuleSpec;
 
 /// Prefix of every environment variable the service reads.
 pub const ENV_PREFIX: &str = "RATELIMIT_";
@@ -96,6 +99,20 @@ pub struct Config {
     pub fallback: FallbackConfig,
     /// Timeouts and the connection cap of the HTTP server.
     pub http: HttpSection,
+    /// A token that turns the admin API on (named `admin-token`); unset with no `[admin]`
+    /// tokens: the admin API is off.
+    pub admin_token: Option<String>,
+    /// Serve the admin API on this address of its own; unset: beside the check API.
+    pub admin_listen: Option<SocketAddr>,
+    /// Where rules persist when there is no Redis. Default `ratelimitd.rules.json`.
+    pub rules_file: PathBuf,
+    /// Rules that seed an empty store (`[[rules]]`); once rules are stored, the store's
+    /// rules are in force and these are not read again.
+    pub rules: Vec<RuleSpec>,
+    /// The admin API's tokens and the bounds of what it records.
+    pub admin: AdminSection,
+    /// This worker's name in violations; default: the host name and the process ID.
+    pub worker_name: Option<String>,
 }
 
 impl Default for Config {
@@ -120,6 +137,12 @@ impl Default for Config {
             redis: RedisConfig::default(),
             fallback: FallbackConfig::default(),
             http: HttpSection::default(),
+            admin_token: None,
+            admin_listen: None,
+            rules_file: PathBuf::from("ratelimitd.rules.json"),
+            rules: Vec::new(),
+            admin: AdminSection::default(),
+            worker_name: None,
         }
     }
 }
@@ -173,7 +196,14 @@ impl ConfigError {
 }
 
 /// Top-level string settings read from the environment verbatim.
-const STRING_VARS: [&str; 3] = ["HASH_SECRET", "REDIS_URL", "API_KEY_HEADER"];
+const STRING_VARS: [&str; 6] = [
+    "HASH_SECRET",
+    "REDIS_URL",
+    "API_KEY_HEADER",
+    "ADMIN_TOKEN",
+    "RULES_FILE",
+    "WORKER_NAME",
+];
 
 /// Only the flags that were given, so that absent ones leave lower layers alone.
 #[derive(Serialize)]
@@ -186,6 +216,12 @@ struct Overrides<'a> {
     hash_secret: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules_file: Option<&'a Path>,
 }
 
 impl Config {
@@ -233,6 +269,9 @@ impl Config {
                 redis_url: cli.redis_url.as_deref(),
                 hash_secret: cli.hash_secret.as_deref(),
                 log_format: cli.log_format,
+                admin_token: cli.admin_token.as_deref(),
+                admin_listen: cli.admin_listen,
+                rules_file: cli.rules_file.as_deref(),
             }))
             .extract()
             .map_err(|e| ConfigError(describe(&e)))?;
@@ -260,7 +299,17 @@ impl Config {
             .map_err(|e| ConfigError::refused("redis_url", e))?;
         }
         self.fallback.validate()?;
+        self.seed_rules()?;
         Ok(())
+    }
+
+    /// The `[[rules]]` of the file, validated (an API key hashed at once).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the rule and field.
+    pub(crate) fn seed_rules(&self) -> Result<Vec<limiter_rules::Rule>, ConfigError> {
+        limiter_rules::rules_from_specs(self.rules.clone())
+            .map_err(|e| ConfigError::field(e.field(), e.reason()))
     }
 
     /// The rules of the service itself and those that span settings: the secret with a Redis
@@ -283,6 +332,7 @@ impl Config {
             return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
         }
         self.http.validate()?;
+        self.admin.validate(self.admin_token.as_deref())?;
         self.identity()
     }
 
@@ -333,8 +383,23 @@ impl Config {
     pub fn redacted_json(&self) -> String {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(obj) = value.as_object_mut() {
-            if obj.get("hash_secret").is_some_and(|s| !s.is_null()) {
-                obj.insert("hash_secret".into(), "<redacted>".into());
+            for secret in ["hash_secret", "admin_token"] {
+                if obj.get(secret).is_some_and(|s| !s.is_null()) {
+                    obj.insert(secret.into(), "<redacted>".into());
+                }
+            }
+            // A seed rule's raw API key is shown as its hash, as the admin API shows it.
+            if let Ok(rules) = self.seed_rules() {
+                obj.insert(
+                    "rules".into(),
+                    serde_json::to_value(rules).unwrap_or_default(),
+                );
+            } else if let Some(serde_json::Value::Array(rules)) = obj.get_mut("rules") {
+                for rule in rules {
+                    if let Some(m) = rule.get_mut("match") {
+                        *m = "<redacted>".into();
+                    }
+                }
             }
             if let Some(url) = self.redis_url.as_deref() {
                 obj.insert("redis_url".into(), limiter_redis::redacted(url).into());

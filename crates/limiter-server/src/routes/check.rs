@@ -1,4 +1,5 @@
-//! `POST /v1/check`: a decision for any service, in any language.
+//! `POST /v1/check`: a decision for any service, in any language, under the rules in
+//! force; and `POST /v1/refund`, which gives tokens back.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use axum::http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use http_body_util::LengthLimitError;
 use limiter_core::{Decision, Error, Tier, ceil_millis};
+use limiter_rules::{KeyHash, Observe, Operation, Query, validate_resource};
 use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 
@@ -22,7 +24,7 @@ pub const MAX_CLIENT_LEN: usize = 1024;
 /// What a `/v1/check` client ID is hashed under: its own namespace, apart from the guarded
 /// routes' identities (`ip:…`, `key:…`), so a caller posting `"ip:203.0.113.5"` counts a
 /// client of its own, never drains that address's bucket on the guarded routes.
-const NAMESPACE: &str = "check:";
+pub(crate) const NAMESPACE: &str = "check:";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,12 @@ struct CheckRequest {
     tier: Option<String>,
     #[serde(default)]
     cost: Option<u64>,
+    /// What the request is for (`login`, `/api/upload`), which rules may narrow to.
+    #[serde(default)]
+    resource: Option<String>,
+    /// Answer without taking anything (a peek).
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,10 +55,12 @@ pub(crate) struct CheckResponse {
     backend: &'static str,
     degraded: bool,
     tier: Tier,
+    /// The rule that decided; `null`: the tier's policy.
+    rule: Option<String>,
 }
 
 impl CheckResponse {
-    fn new(tier: Tier, d: &Decision) -> Self {
+    fn new(tier: Tier, d: &Decision, rule: Option<String>) -> Self {
         let unlimited = d.quota.is_none();
         Self {
             allowed: d.allowed,
@@ -61,13 +71,31 @@ impl CheckResponse {
             backend: d.backend.as_str(),
             degraded: d.degraded,
             tier,
+            rule,
         }
     }
 }
 
+/// What a check or refund asks for.
+enum Asked {
+    Check,
+    Refund,
+}
+
 pub(crate) async fn check(State(state): State<AppState>, request: Request) -> Response {
     let declared = declared_length(&request);
-    match decide(&state, request.into_body(), declared).await {
+    match decide(&state, request.into_body(), declared, Asked::Check).await {
+        Ok(response) => Json(response).into_response(),
+        Err(problem) => with_retry(problem.into_response()),
+    }
+}
+
+/// `POST /v1/refund`: gives `cost` tokens back to the client's buckets under the policy
+/// that would decide its check (capped at each bucket's capacity), for a request that
+/// should not count.
+pub(crate) async fn refund(State(state): State<AppState>, request: Request) -> Response {
+    let declared = declared_length(&request);
+    match decide(&state, request.into_body(), declared, Asked::Refund).await {
         Ok(response) => Json(response).into_response(),
         Err(problem) => with_retry(problem.into_response()),
     }
@@ -108,6 +136,7 @@ async fn decide(
     state: &AppState,
     body: Body,
     declared: Option<u64>,
+    asked: Asked,
 ) -> Result<CheckResponse, Problem> {
     // A declared length over the limit is refused unread; an undeclared one is cut off there.
     let bytes = read_body(state, body, declared).await?;
@@ -141,24 +170,82 @@ async fn decide(
         Some(0) => return Err(Problem::bad_request("cost: must be at least 1")),
         Some(cost) => cost,
     };
-    let policy = state.tiers.get(tier);
+    if let Some(resource) = &req.resource
+        && let Err(why) = validate_resource(resource)
+    {
+        return Err(Problem::bad_request(format!("resource: {why}")));
+    }
+    if matches!(asked, Asked::Refund) && req.dry_run {
+        return Err(Problem::bad_request(
+            "dry_run: a refund cannot be a dry run",
+        ));
+    }
 
     let key = state
         .hasher
         .hash([NAMESPACE.as_bytes(), req.client.as_bytes()].concat());
+    let set = state.fleet.rules.current();
+    // The client ID is what rules match: an address for `ip` rules, a key (by its hash)
+    // for `api_key` rules, hashed only when some rule could match it.
+    let query = Query {
+        tier,
+        client: key,
+        ip: req.client.parse().ok(),
+        api_key: set
+            .matches_api_keys()
+            .then(|| KeyHash::of(req.client.as_bytes())),
+        resource: req.resource.as_deref(),
+    };
+    let resolution = set.resolve(&query);
+    let tier_policy = state.tiers.get(tier);
+    let policy = resolution.rule.map_or(tier_policy, |r| r.policy());
+    let rule = resolution.rule.map(|r| r.name().to_owned());
     let started = Instant::now();
-    match state.limiter.check(&key, policy, cost).await {
-        Ok(decision) => {
+    let result = match asked {
+        Asked::Refund => state
+            .limiter
+            .refund(&key, policy, cost)
+            .await
+            .map(|decision| (decision, rule)),
+        Asked::Check => {
+            let operation = if req.dry_run {
+                Operation::Peek
+            } else {
+                Operation::Check
+            };
+            let verdict = limiter_rules::decide(
+                &*state.limiter,
+                &set,
+                resolution,
+                tier_policy,
+                &key,
+                cost,
+                operation,
+            )
+            .await;
+            verdict.map(|verdict| {
+                // A dry run is not a request: nothing to count or record.
+                if operation == Operation::Check {
+                    state.fleet.records.observe(&query, &verdict);
+                }
+                (verdict.decision, verdict.rule)
+            })
+        }
+    };
+    match result {
+        Ok((decision, rule)) => {
             let latency = if decision.backend == limiter_core::Backend::None {
                 Duration::ZERO
             } else {
                 started.elapsed()
             };
-            limiter_http::telemetry::record_decision(tier, &decision, latency);
-            Ok(CheckResponse::new(tier, &decision))
+            if matches!(asked, Asked::Check) && !req.dry_run {
+                limiter_http::telemetry::record_decision(tier, &decision, latency);
+            }
+            Ok(CheckResponse::new(tier, &decision, rule))
         }
         Err(e) if e.is_invalid_input() || e.is_insufficient_capacity() => {
-            Err(cost_problem(tier, &e))
+            Err(cost_problem(policy.name(), &e))
         }
         Err(e) => {
             limiter_http::telemetry::record_error(tier, &e, started.elapsed());
@@ -171,10 +258,10 @@ async fn decide(
     }
 }
 
-fn cost_problem(tier: Tier, e: &Error) -> Problem {
+fn cost_problem(policy: &str, e: &Error) -> Problem {
     match e {
         Error::InsufficientCapacity { cost, capacity } => Problem::bad_request(format!(
-            "cost: {cost} exceeds the capacity {capacity} of tier {tier}: the request could never pass"
+            "cost: {cost} exceeds the capacity {capacity} of policy {policy}: the request could never pass"
         )),
         e => Problem::bad_request(format!("cost: {e}")),
     }

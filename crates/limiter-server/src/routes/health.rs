@@ -32,7 +32,11 @@ pub(crate) async fn startup(State(state): State<AppState>) -> Response {
 /// Ready for traffic: 200 while deciding, from Redis (`ok`) or from memory because Redis
 /// is unavailable (`degraded`); 503 while starting or draining.
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    let (status, components) = components(&state);
+    let (status, mut components) = components(&state);
+    // Rules that cannot be refreshed stay in force: degraded, still ready.
+    let (rules_ok, rules) = state.fleet.health();
+    components["rules"] = rules;
+    let status = if rules_ok { status } else { "degraded" };
     if state.draining.load(Ordering::Acquire) {
         let body = json!({ "status": "draining", "components": components });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();

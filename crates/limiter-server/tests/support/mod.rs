@@ -252,3 +252,62 @@ where
         assert!(admitted <= 2 * limit, "{admitted} admitted: no limit");
     }
 }
+
+/// The admin token the rules tests configure.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// An admin API request to `server` with the tests' token: (status, headers, JSON or null).
+pub async fn admin(
+    http: &reqwest::Client,
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    if_match: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut req = http
+        .request(method, server.url(path))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    if let Some(tag) = if_match {
+        req = req.header("if-match", tag);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, headers, json)
+}
+
+/// `POST /v1/admin/rules` with `rule`, which must be created.
+pub async fn add_rule(http: &reqwest::Client, server: &Server, rule: serde_json::Value) {
+    let (status, _, body) = admin(
+        http,
+        server,
+        reqwest::Method::POST,
+        "/v1/admin/rules",
+        Some(rule),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// A Redis database of its own on `url` (one per test file), emptied: tests that share
+/// one Redis through REDIS_URL must not see each other's rules.
+pub async fn own_database(url: &str, db: u8) -> String {
+    // The URL without its path (a database it names), then this one.
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let url = format!("{}/{db}", &url[..end]);
+    let client = limiter_redis::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = limiter_redis::redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    url
+}

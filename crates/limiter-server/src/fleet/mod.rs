@@ -1,0 +1,533 @@
+//! What the workers share besides buckets: the rules in force and their store, kept in
+//! step (a change notification, and a version check twice a second as a backstop); the
+//! statistics and violations every worker records; the audit log of rule changes.
+//!
+//! With Redis all of it lives there (`redis.rs`); without, rules persist in a local file
+//! and the records stay in the worker. While Redis is down, workers keep the rules they
+//! last loaded and say so in `/health/ready`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use limiter_core::Tier;
+use limiter_redis::redis;
+use limiter_rules::{
+    Change, Document, Edit, EditError, FileStore, Rule, RuleStore, Rules, StoreError,
+};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use crate::config::{Config, ConfigError};
+use crate::state::Backend;
+
+pub(crate) mod records;
+mod redis_store;
+
+pub(crate) use records::{Counts, Records, Violation, now_ms};
+use redis_store::{CHANNEL, RedisFleet, stats_key};
+
+/// How often a worker asks Redis for the rules' version, whatever notifications say.
+const POLL: Duration = Duration::from_millis(500);
+/// How often records are flushed.
+const FLUSH: Duration = Duration::from_secs(1);
+/// The longest a fleet operation on Redis may take before it counts as unavailable.
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// Why a rule write failed.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The edit itself is refused.
+    Edit(EditError),
+    /// `If-Match` named another version than the stored one.
+    Precondition { current: u64 },
+    /// The store could not be written: nothing changed.
+    Unavailable(String),
+}
+
+/// The fleet-shared state of one worker.
+pub(crate) struct Fleet {
+    pub(crate) rules: Rules,
+    pub(crate) records: Arc<Records>,
+    store: Arc<dyn RuleStore>,
+    redis: Option<Arc<RedisFleet>>,
+    seeds: Vec<Rule>,
+    status: Mutex<SyncStatus>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct SyncStatus {
+    /// When the rules in force were last confirmed current (ms since the epoch).
+    confirmed_ms: Option<u64>,
+    /// Why they could not be, since.
+    error: Option<String>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// The fleet state `config` describes, on `backend`; the rules start as the file's
+    /// seeds until [`start`](Self::start) loads the store.
+    pub(crate) fn new(config: &Config, backend: &Backend) -> Result<Self, ConfigError> {
+        let seeds = config.seed_rules()?;
+        let worker = config.worker_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned());
+            format!("{host}/{}", std::process::id())
+        });
+        let admin = &config.admin;
+        let records = Arc::new(Records::new(
+            worker,
+            admin.violations_per_second,
+            admin.violations_max,
+        ));
+        let (store, redis): (Arc<dyn RuleStore>, _) = match backend {
+            Backend::Redis(fallback, _) => {
+                let fleet = Arc::new(RedisFleet::new(
+                    Arc::clone(fallback),
+                    admin.audit_max,
+                    admin.violations_max,
+                ));
+                (fleet.clone(), Some(fleet))
+            }
+            Backend::Memory(_) => (Arc::new(FileStore::new(&config.rules_file)), None),
+        };
+        let initial = Document {
+            rules: seeds.clone(),
+            ..Document::default()
+        };
+        Ok(Self {
+            rules: Rules::new(initial.to_set()),
+            records,
+            store,
+            redis,
+            seeds,
+            status: Mutex::new(SyncStatus::default()),
+            writing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Loads the stored rules (seeding an empty Redis store), then keeps them current and
+    /// flushes the records, in the background.
+    pub(crate) async fn start(self: &Arc<Self>) {
+        if let Err(e) = self.refresh(true).await {
+            tracing::warn!(error = %e, "rules not loaded at start: the file's seed rules apply until they are");
+        }
+        if self.redis.is_some() {
+            tokio::spawn(Arc::clone(self).watch());
+        }
+        tokio::spawn(Arc::clone(self).flush_every_second());
+    }
+
+    /// The seed document: version 0, what an empty store holds.
+    fn seeded(&self) -> Document {
+        Document {
+            rules: self.seeds.clone(),
+            ..Document::default()
+        }
+    }
+
+    /// The stored document, or the seeds when nothing is stored.
+    pub(crate) async fn document(&self) -> Result<Document, StoreError> {
+        let loaded = tokio::time::timeout(DEADLINE, self.store.load())
+            .await
+            .map_err(|_| StoreError::Unavailable("no answer in time".into()))??;
+        Ok(loaded.unwrap_or_else(|| self.seeded()))
+    }
+
+    /// Loads the store's rules and puts them in force; with `seed`, an empty Redis store
+    /// is given the file's rules first.
+    async fn refresh(&self, seed: bool) -> Result<(), StoreError> {
+        let result = self.load(seed).await;
+        let mut status = self.status.lock();
+        match &result {
+            Ok(()) => {
+                status.confirmed_ms = Some(now_ms());
+                status.error = None;
+            }
+            Err(e) => status.error = Some(e.to_string()),
+        }
+        result
+    }
+
+    async fn load(&self, seed: bool) -> Result<(), StoreError> {
+        let stored = tokio::time::timeout(DEADLINE, self.store.load())
+            .await
+            .map_err(|_| StoreError::Unavailable("no answer in time".into()))??;
+        let document = match stored {
+            Some(document) => document,
+            None if seed && self.redis.is_some() && !self.seeds.is_empty() => {
+                let mut first = self.seeded();
+                first.version = 1;
+                let change = Change {
+                    time_ms: now_ms(),
+                    token: "config".into(),
+                    action: "seed".into(),
+                    rule: None,
+                    version: 1,
+                    before: Value::Null,
+                    after: serde_json::to_value(&first.rules).unwrap_or_default(),
+                };
+                match self.store.store(0, &first, &change).await {
+                    // Another worker seeded first: load what it stored.
+                    Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                self.store.load().await?.unwrap_or(first)
+            }
+            None => self.seeded(),
+        };
+        if self.rules.replace(document.to_set()) {
+            tracing::debug!(
+                version = document.version,
+                rules = document.rules.len(),
+                "rules in force"
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies `edit` to the stored document and puts the result in force: all or nothing.
+    /// `if_match` is the version the caller saw (`If-Match`); without one, a write that
+    /// loses a race is made again on the new document.
+    pub(crate) async fn edit(
+        &self,
+        edit: Edit,
+        if_match: Option<u64>,
+        token: &str,
+    ) -> Result<(Document, Document), WriteError> {
+        let _writing = self.writing.lock().await;
+        for _ in 0..3 {
+            let current = self
+                .document()
+                .await
+                .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+            // A store that lost its rules gets back the ones in force before any edit, so
+            // an edit never builds on an empty document by mistake.
+            if self.redis.is_some() && current.version == 0 && self.rules.current().version() > 0 {
+                self.restore()
+                    .await
+                    .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+                continue;
+            }
+            if let Some(expected) = if_match
+                && expected != current.version
+            {
+                return Err(WriteError::Precondition {
+                    current: current.version,
+                });
+            }
+            let next = current.apply(edit.clone()).map_err(WriteError::Edit)?;
+            let change = describe(&edit, &current, &next, token);
+            let stored =
+                tokio::time::timeout(DEADLINE, self.store.store(current.version, &next, &change))
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable("no answer in time".into())));
+            match stored {
+                Ok(()) => {
+                    tracing::info!(
+                        token,
+                        action = change.action,
+                        rule = change.rule.as_deref(),
+                        version = next.version,
+                        "rules changed"
+                    );
+                    self.rules.replace(next.to_set());
+                    return Ok((current, next));
+                }
+                Err(StoreError::Conflict { current }) if if_match.is_some() => {
+                    return Err(WriteError::Precondition { current });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(WriteError::Unavailable(e.to_string())),
+            }
+        }
+        Err(WriteError::Unavailable(
+            "the rules kept changing under this write; retry".into(),
+        ))
+    }
+
+    /// The audit log's newest `limit` entries.
+    pub(crate) async fn changes(&self, limit: usize) -> Result<Vec<Change>, StoreError> {
+        tokio::time::timeout(DEADLINE, self.store.changes(limit))
+            .await
+            .map_err(|_| StoreError::Unavailable("no answer in time".into()))?
+    }
+
+    /// The rules' part of `/health/ready`: `ok`, or `stale` while the store cannot be read
+    /// (the last rules loaded stay in force).
+    pub(crate) fn health(&self) -> (bool, Value) {
+        let status = self.status.lock();
+        let set = self.rules.current();
+        let store = if self.redis.is_some() {
+            "redis"
+        } else {
+            "file"
+        };
+        let body = json!({
+            "status": if status.error.is_none() { "ok" } else { "stale" },
+            "store": store,
+            "version": set.version(),
+            "rules": set.len(),
+            "enforce": set.enforce(),
+            "confirmed_ms": status.confirmed_ms,
+            "error": status.error,
+        });
+        (status.error.is_none(), body)
+    }
+
+    /// Keeps the rules current: on a change notification, and on a version check every
+    /// [`POLL`] whatever the notifications do (they are lost while disconnected).
+    async fn watch(self: Arc<Self>) {
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
+        let url = redis.limiter().pubsub_url().map(str::to_owned);
+        let mut notifications = None;
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            match &mut notifications {
+                Some(stream) => {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        message = StreamExt::next(stream) => {
+                            if message.is_none() {
+                                notifications = None;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                    if let Some(url) = &url {
+                        notifications = subscribe(url).await;
+                    }
+                }
+            }
+            let version = tokio::time::timeout(DEADLINE, redis.version()).await;
+            let held = self.rules.current().version();
+            let result = match version {
+                // Redis lost the rules (restarted without persistence, an empty replica
+                // promoted): put back the ones this worker holds, under their version.
+                Ok(Ok(0)) if held > 0 => self.restore().await,
+                Ok(Ok(v)) if v == held => {
+                    let mut status = self.status.lock();
+                    status.confirmed_ms = Some(now_ms());
+                    status.error = None;
+                    Ok(())
+                }
+                Ok(Ok(_)) => self.refresh(false).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(StoreError::Unavailable("no answer in time".into())),
+            };
+            if let Err(e) = result {
+                let mut status = self.status.lock();
+                if status.error.is_none() {
+                    tracing::warn!(error = %e, "rules could not be refreshed: keeping the last ones loaded");
+                }
+                status.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Writes the rules in force into a store that holds none; another worker doing the
+    /// same first is as good.
+    async fn restore(&self) -> Result<(), StoreError> {
+        let set = self.rules.current();
+        let document = Document {
+            version: set.version(),
+            enforce: set.enforce(),
+            rules: set.rules().cloned().collect(),
+        };
+        let change = Change {
+            time_ms: now_ms(),
+            token: format!("worker {}", self.records.worker()),
+            action: "restore".into(),
+            rule: None,
+            version: document.version,
+            before: Value::Null,
+            after: json!({"enforce": document.enforce, "rules": document.rules}),
+        };
+        let stored = tokio::time::timeout(DEADLINE, self.store.store(0, &document, &change))
+            .await
+            .map_err(|_| StoreError::Unavailable("no answer in time".into()))?;
+        match stored {
+            Ok(()) => {
+                tracing::warn!(
+                    version = document.version,
+                    "redis held no rules: restored the ones in force"
+                );
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) => self.refresh(false).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn flush_every_second(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush().await;
+        }
+    }
+
+    /// Flushes what the worker recorded since the last flush.
+    pub(crate) async fn flush(&self) {
+        let batch = self.records.take();
+        match &self.redis {
+            None => self.records.keep_locally(batch),
+            Some(redis) => {
+                let flushed = tokio::time::timeout(DEADLINE, redis.flush(&batch)).await;
+                if !matches!(flushed, Ok(Ok(()))) {
+                    self.records.put_back(batch);
+                }
+            }
+        }
+    }
+
+    /// Recent violations, newest first.
+    pub(crate) async fn violations(
+        &self,
+        since_ms: u64,
+        limit: usize,
+        keep: &(dyn Fn(&Violation) -> bool + Sync),
+    ) -> Result<Vec<Violation>, StoreError> {
+        match &self.redis {
+            Some(redis) => tokio::time::timeout(DEADLINE, redis.violations(since_ms, limit, keep))
+                .await
+                .map_err(|_| StoreError::Unavailable("no answer in time".into()))?,
+            None => Ok(self
+                .records
+                .local
+                .lock()
+                .violations
+                .iter()
+                .rev()
+                .take_while(|v| v.time >= since_ms)
+                .filter(|v| keep(v))
+                .take(limit)
+                .cloned()
+                .collect()),
+        }
+    }
+
+    /// Counters over `[from, from + steps × step)` seconds in buckets of `granularity`
+    /// seconds: the total, by (rule, tier), and one point per step.
+    pub(crate) async fn stats(
+        &self,
+        granularity: u64,
+        from: u64,
+        step: u64,
+        steps: u64,
+        keep: &(dyn Fn(Option<&str>, Tier) -> bool + Sync),
+    ) -> Result<Stats, StoreError> {
+        let starts: Vec<u64> = (0..steps * step / granularity)
+            .map(|i| from + i * granularity)
+            .collect();
+        let buckets: Vec<std::collections::HashMap<String, u64>> = match &self.redis {
+            Some(redis) => {
+                let keys: Vec<String> = starts.iter().map(|&s| stats_key(granularity, s)).collect();
+                tokio::time::timeout(DEADLINE, redis.buckets(&keys))
+                    .await
+                    .map_err(|_| StoreError::Unavailable("no answer in time".into()))??
+            }
+            None => {
+                let local = self.records.local.lock();
+                starts
+                    .iter()
+                    .map(|&s| {
+                        local
+                            .series
+                            .get(&(granularity, s))
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            }
+        };
+        let mut stats = Stats::default();
+        let per_step = (step / granularity) as usize;
+        for (i, chunk) in buckets.chunks(per_step.max(1)).enumerate() {
+            let mut point = Counts::default();
+            for fields in chunk {
+                let counted = records::tally(
+                    fields.iter().map(|(f, n)| (f.as_str(), *n)),
+                    keep,
+                    &mut stats.by,
+                );
+                for (j, name) in Counts::NAMES.iter().enumerate() {
+                    point.add_field(name, counted.get(j));
+                    stats.total.add_field(name, counted.get(j));
+                }
+            }
+            stats.series.push((from + i as u64 * step, point));
+        }
+        Ok(stats)
+    }
+}
+
+/// A stats answer.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) total: Counts,
+    pub(crate) by: BTreeMap<(Option<String>, Tier), Counts>,
+    pub(crate) series: Vec<(u64, Counts)>,
+}
+
+/// A subscription to the change channel, or `None` if it cannot be made now.
+async fn subscribe(url: &str) -> Option<redis::aio::PubSubStream> {
+    let open = async {
+        let client = redis::Client::open(url).ok()?;
+        let mut pubsub = client.get_async_pubsub().await.ok()?;
+        pubsub.subscribe(CHANNEL).await.ok()?;
+        Some(pubsub.into_on_message())
+    };
+    tokio::time::timeout(DEADLINE, open).await.ok().flatten()
+}
+
+/// The audit entry of `edit`, from the document before and after.
+fn describe(edit: &Edit, before: &Document, after: &Document, token: &str) -> Change {
+    let rule_json = |doc: &Document, name: &str| {
+        doc.get(name)
+            .map_or(Value::Null, |r| serde_json::to_value(r).unwrap_or_default())
+    };
+    let (action, rule) = match edit {
+        Edit::Add(r) => ("create", Some(r.name().to_owned())),
+        Edit::Replace(r) => ("replace", Some(r.name().to_owned())),
+        Edit::Remove(name) => ("delete", Some(name.clone())),
+        Edit::ReplaceAll { .. } => ("import", None),
+        Edit::Enforce(_) => ("enforcement", None),
+    };
+    let (before_json, after_json) = match (edit, &rule) {
+        (Edit::Enforce(_), _) => (
+            json!({"enforce": before.enforce}),
+            json!({"enforce": after.enforce}),
+        ),
+        (_, Some(name)) => (rule_json(before, name), rule_json(after, name)),
+        (_, None) => (
+            json!({"enforce": before.enforce, "rules": before.rules}),
+            json!({"enforce": after.enforce, "rules": after.rules}),
+        ),
+    };
+    Change {
+        time_ms: now_ms(),
+        token: token.to_owned(),
+        action: action.to_owned(),
+        rule,
+        version: after.version,
+        before: before_json,
+        after: after_json,
+    }
+}
