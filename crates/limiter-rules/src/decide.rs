@@ -1,8 +1,11 @@
 //! [`Verdict`]: a request decided under the rules, the shadow rule beside it, and the kill
 //! switch; and [`Observe`], where verdicts go to be counted and recorded.
 
+use std::time::Duration;
+
 use limiter_core::{ClientKey, Decision, Error, Policy, RateLimiter};
 
+use crate::rule::Rule;
 use crate::set::{Query, Resolution, RuleSet};
 
 /// What to do with the deciding policy's bucket.
@@ -23,8 +26,14 @@ pub struct Verdict {
     pub decision: Decision,
     /// The rule that decided; `None`: the tier's policy.
     pub rule: Option<String>,
+    /// The resource that rule is narrowed to, if any (never the request's own: a path may
+    /// hold identifiers).
+    pub resource: Option<String>,
     /// True when the deciding policy denied, whether or not the denial was answered.
     pub denied: bool,
+    /// When the deciding policy would admit this request again, if it denied: kept for the
+    /// record when the kill switch answers the denial as an admission.
+    pub retry_after: Option<Duration>,
     /// False when a denial was not answered because enforcement is off fleet-wide.
     pub enforced: bool,
     /// A shadow rule evaluated beside the deciding one: its name, and whether it would
@@ -37,23 +46,52 @@ pub struct Verdict {
 pub struct ShadowVerdict {
     /// The shadow rule.
     pub rule: String,
+    /// The resource it is narrowed to, if any.
+    pub resource: Option<String>,
     /// Its decision (never answered).
     pub decision: Decision,
 }
 
+/// One denial to record: answered, or not (`shadow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation<'a> {
+    /// The rule that denied; `None`: the tier's policy.
+    pub rule: Option<&'a str>,
+    /// The resource that rule is narrowed to.
+    pub resource: Option<&'a str>,
+    /// When it would admit the request.
+    pub retry_after: Option<Duration>,
+    /// True when the denial was not answered: a shadow rule, a client outside a rollout,
+    /// or the kill switch.
+    pub shadow: bool,
+}
+
 impl Verdict {
-    /// Whether this verdict is a denial worth recording: answered (`shadow = false`) or not.
-    pub fn violations(&self) -> impl Iterator<Item = (Option<&str>, &Decision, bool)> {
-        let own = self
-            .denied
-            .then_some((self.rule.as_deref(), &self.decision, !self.enforced));
+    /// The denials in this verdict worth recording: the deciding policy's (answered or let
+    /// through by the kill switch) and a shadow rule's.
+    pub fn violations(&self) -> impl Iterator<Item = Violation<'_>> {
+        let own = self.denied.then_some(Violation {
+            rule: self.rule.as_deref(),
+            resource: self.resource.as_deref(),
+            retry_after: self.retry_after,
+            shadow: !self.enforced,
+        });
         let shadow = self
             .shadow
             .as_ref()
             .filter(|s| !s.decision.allowed)
-            .map(|s| (Some(s.rule.as_str()), &s.decision, true));
+            .map(|s| Violation {
+                rule: Some(s.rule.as_str()),
+                resource: s.resource.as_deref(),
+                retry_after: s.decision.retry_after,
+                shadow: true,
+            });
         own.into_iter().chain(shadow)
     }
+}
+
+fn resource_of(rule: &Rule) -> Option<String> {
+    rule.resource_filter().map(|r| r.as_str().to_owned())
 }
 
 /// Where verdicts go: statistics, the record of violations. Called once per decided
@@ -87,6 +125,7 @@ pub async fn decide(
         (Operation::Check, Some(rule)) => match limiter.check(key, rule.policy(), cost).await {
             Ok(decision) => Some(ShadowVerdict {
                 rule: rule.name().to_owned(),
+                resource: resource_of(rule),
                 decision,
             }),
             Err(e) => {
@@ -109,6 +148,7 @@ pub fn finish(
 ) -> Verdict {
     let denied = !decision.allowed;
     let enforced = set.enforce() || !denied;
+    let retry_after = decision.retry_after;
     if !enforced {
         decision.allowed = true;
         decision.retry_after = None;
@@ -116,7 +156,9 @@ pub fn finish(
     Verdict {
         decision,
         rule: resolution.rule.map(|r| r.name().to_owned()),
+        resource: resolution.rule.and_then(resource_of),
         denied,
+        retry_after,
         enforced,
         shadow,
     }

@@ -114,7 +114,9 @@ impl Document {
     /// An [`EditError`]; nothing is changed.
     pub fn apply(&self, edit: Edit) -> Result<Document, EditError> {
         let mut next = self.clone();
-        next.version = self.version + 1;
+        next.version = self.version.checked_add(1).ok_or_else(|| {
+            EditError::Invalid(RuleError::new("version", "the stored version cannot grow"))
+        })?;
         match edit {
             Edit::Add(rule) => {
                 if self.get(rule.name()).is_some() {

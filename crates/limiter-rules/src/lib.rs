@@ -48,7 +48,7 @@ mod rule;
 pub mod set;
 mod store;
 
-pub use decide::{Observe, Operation, ShadowVerdict, Verdict, decide, finish};
+pub use decide::{Observe, Operation, ShadowVerdict, Verdict, Violation, decide, finish};
 pub use document::{Document, Edit, EditError, MAX_RULES, rules_from_specs};
 pub use error::{RuleError, from_json};
 pub use rule::{

@@ -253,6 +253,11 @@ impl RuleSet {
             each(list, false)?;
         }
         if let Some(ip) = query.ip.filter(|_| !admin) {
+            // An IPv4 client seen through an IPv6 socket is an IPv4 client.
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
             let lengths = match ip {
                 IpAddr::V4(_) => &self.v4,
                 IpAddr::V6(_) => &self.v6,

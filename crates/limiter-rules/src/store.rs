@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -93,14 +93,24 @@ pub trait RuleStore: Send + Sync + fmt::Debug + 'static {
 /// The document in a local file, replaced atomically (written to a temporary file beside
 /// it, synced, then renamed over it), so a crash leaves the old rules or the new, never a
 /// mix. The audit log is appended to `<file>.audit.jsonl` beside it, one change per line,
-/// after the rules are in place. One process per file: writers in this process are
-/// serialised.
-#[derive(Debug)]
+/// after the rules are in place, and trimmed to its newest [`audit_max`](Self::audit_max)
+/// entries. One process per file: writers in this process are serialised. The file is
+/// read and written on Tokio's blocking threads, never on the runtime's own.
+#[derive(Debug, Clone)]
 pub struct FileStore {
+    inner: Arc<FileInner>,
+}
+
+#[derive(Debug)]
+struct FileInner {
     path: PathBuf,
     audit: PathBuf,
+    audit_max: usize,
     writing: Mutex<()>,
 }
+
+/// Audit entries a file store keeps unless told otherwise.
+const DEFAULT_AUDIT_MAX: usize = 10_000;
 
 impl FileStore {
     /// A store in `path` (created on the first write).
@@ -109,73 +119,140 @@ impl FileStore {
         let mut audit = path.clone().into_os_string();
         audit.push(".audit.jsonl");
         Self {
-            path,
-            audit: audit.into(),
-            writing: Mutex::new(()),
+            inner: Arc::new(FileInner {
+                path,
+                audit: audit.into(),
+                audit_max: DEFAULT_AUDIT_MAX,
+                writing: Mutex::new(()),
+            }),
         }
     }
 
-    fn append_change(&self, change: &Change) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(change).unwrap_or_default();
-        line.push(b'\n');
-        let append = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.audit)?;
-            file.write_all(&line)?;
-            file.sync_data()
-        };
-        append().map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.audit.display())))
+    /// Keeps at most `max` audit entries (at least 1). Default 10,000.
+    #[must_use]
+    pub fn audit_max(self, max: usize) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(FileInner {
+                path: inner.path.clone(),
+                audit: inner.audit.clone(),
+                audit_max: max.max(1),
+                writing: Mutex::new(()),
+            }),
+        }
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
+    /// Runs `f` on the store's files on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&FileInner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("rule file task failed: {e}")))?
+    }
+}
+
+impl FileInner {
     fn read(&self) -> Result<Option<Document>, StoreError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.unavailable(&e)),
+            Err(e) => return Err(unavailable(&self.path, &e)),
         };
         Document::from_json(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", self.path.display())))
     }
 
-    fn unavailable(&self, e: &std::io::Error) -> StoreError {
-        StoreError::Unavailable(format!("{}: {e}", self.path.display()))
+    fn append_change(&self, change: &Change) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(change).unwrap_or_default();
+        line.push(b'\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.audit)?;
+        file.write_all(&line)?;
+        file.sync_data()?;
+        drop(file);
+        // Trimmed once it holds twice the cap, so a trim is rare.
+        let text = std::fs::read_to_string(&self.audit)?;
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() > 2 * self.audit_max {
+            let mut kept = lines[lines.len() - self.audit_max..].join("\n");
+            kept.push('\n');
+            replace_file(&self.audit, kept.as_bytes())?;
+        }
+        Ok(())
     }
 
-    fn replace(&self, next: &Document) -> Result<(), StoreError> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
+    fn changes(&self, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let text = match std::fs::read_to_string(&self.audit) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable(&self.audit, &e)),
         };
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(&next.to_json())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &self.path)?;
-            // The rename itself is durable once the directory is synced.
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            self.unavailable(&e)
-        })
+        Ok(text
+            .lines()
+            .rev()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .take(limit)
+            .collect())
     }
+
+    fn store(&self, expected: u64, next: &Document, change: &Change) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.read()?.map_or(0, |d| d.version);
+        if current != expected {
+            return Err(StoreError::Conflict { current });
+        }
+        let mut bytes = next.to_json();
+        bytes.push(b'\n');
+        replace_file(&self.path, &bytes).map_err(|e| unavailable(&self.path, &e))?;
+        if let Err(e) = self.append_change(change) {
+            // The rules are stored; an audit line that could not be written is logged, not
+            // turned into a failed write the caller would retry.
+            tracing::error!(error = %e, "audit log not written");
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(path: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+/// Replaces `path` with `bytes` atomically: a temporary file beside it, synced, renamed
+/// over it, and the directory synced so the rename is durable.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
 }
 
 #[async_trait]
 impl RuleStore for FileStore {
     async fn load(&self) -> Result<Option<Document>, StoreError> {
-        self.read()
+        self.blocking(FileInner::read).await
     }
 
     async fn store(
@@ -184,36 +261,12 @@ impl RuleStore for FileStore {
         next: &Document,
         change: &Change,
     ) -> Result<(), StoreError> {
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.read()?.map_or(0, |d| d.version);
-        if current != expected {
-            return Err(StoreError::Conflict { current });
-        }
-        self.replace(next)?;
-        if let Err(e) = self.append_change(change) {
-            // The rules are stored; an audit line that could not be written is logged, not
-            // turned into a failed write the caller would retry.
-            tracing::error!(error = %e, "audit log not written");
-        }
-        Ok(())
+        let (next, change) = (next.clone(), change.clone());
+        self.blocking(move |inner| inner.store(expected, &next, &change))
+            .await
     }
 
     async fn changes(&self, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let text = match std::fs::read_to_string(&self.audit) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "{}: {e}",
-                    self.audit.display()
-                )));
-            }
-        };
-        Ok(text
-            .lines()
-            .rev()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .take(limit)
-            .collect())
+        self.blocking(move |inner| inner.changes(limit)).await
     }
 }

@@ -98,6 +98,8 @@ fn the_most_specific_rule_decides() {
         (Tier::Anonymous, Some("203.0.113.7"), None, Some("login"), Some("net24-login"), None),
         (Tier::Anonymous, Some("203.0.113.7"), None, Some("/api/x"), Some("net24"), None),
         (Tier::Anonymous, Some("2001:db8:1::1"), None, None, Some("v6"), None),
+        // An IPv4 client seen through an IPv6 socket.
+        (Tier::Anonymous, Some("::ffff:203.0.113.7"), None, None, Some("net24"), None),
         (Tier::Anonymous, Some("2001:db9::1"), None, None, Some("anon"), None),
         (Tier::ApiKey, Some("203.0.113.7"), Some(abusive), None, Some("key"), None),
         (Tier::ApiKey, Some("203.0.113.7"), Some(abusive), Some("login"), Some("key-login"), None),
