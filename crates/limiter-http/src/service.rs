@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response};
 use limiter_core::{
     ClientKey, ClientKeyHasher, Decision, Error, Policy, RateLimiter, Tier, TierPolicies,
 };
-use limiter_rules::{Observe, Operation, Query, Rules, validate_resource};
+use limiter_rules::{MAX_RESOURCE_LEN, Observe, Operation, Query, Rules, validate_resource};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
@@ -49,9 +49,17 @@ pub(crate) struct Shared {
 /// Names a request's resource for rules.
 pub(crate) type ResourceOf = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
-/// The default resource: the request's path, when it is one a rule could name.
+/// The default resource: the request's path. A path longer than a rule can name is cut at
+/// the last `/` that fits, so a long path still falls under the prefixes above it.
 pub(crate) fn path_resource(parts: &Parts) -> Option<String> {
     let path = parts.uri.path();
+    let path = if path.len() > MAX_RESOURCE_LEN {
+        let head = &path.as_bytes()[..=MAX_RESOURCE_LEN];
+        let cut = head.iter().rposition(|&b| b == b'/')?;
+        &path[..cut.max(1)]
+    } else {
+        path
+    };
     validate_resource(path).is_ok().then(|| path.to_owned())
 }
 
@@ -274,5 +282,31 @@ impl<S> RateLimit<S> {
                 policy: resolution.rule.map(|r| r.policy().clone()),
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource_of(path: &str) -> Option<String> {
+        let (parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
+        path_resource(&parts)
+    }
+
+    #[test]
+    fn long_paths_stay_under_their_prefixes() {
+        assert_eq!(
+            resource_of("/api/upload/1").as_deref(),
+            Some("/api/upload/1")
+        );
+        let long = format!("/api/upload/{}", "x".repeat(300));
+        assert_eq!(resource_of(&long).as_deref(), Some("/api/upload"));
+        let deep = format!("/a/{}/b", "y".repeat(300));
+        assert_eq!(resource_of(&deep).as_deref(), Some("/a"));
+        assert_eq!(
+            resource_of(&format!("/{}", "z".repeat(300))).as_deref(),
+            Some("/")
+        );
     }
 }
