@@ -39,7 +39,7 @@ impl App {
         let backend = backend(config)?;
         let limiter = backend.limiter();
         let fleet = Arc::new(Fleet::new(config, &backend)?);
-        let admin = AdminAuth::new(config).map(Arc::new);
+        let admin = AdminAuth::new(config)?.map(Arc::new);
         let guard = RateLimitLayer::new(limiter.clone(), hasher.clone())
             .tiers(config.tiers.clone())
             .identify(identity)
@@ -61,6 +61,7 @@ impl App {
             draining: Arc::new(AtomicBool::new(false)),
             fleet,
             admin,
+            addresses: config.addresses()?,
         };
         let separate = config.admin_listen.is_some();
         let router = routes::router(state.clone(), guard, !separate);

@@ -55,6 +55,8 @@ pub struct AppState {
     pub(crate) fleet: Arc<Fleet>,
     /// The admin API's tokens; `None`: the admin API is off.
     pub(crate) admin: Option<Arc<AdminAuth>>,
+    /// How the guarded routes know anonymous clients by address (for the explain call).
+    pub(crate) addresses: limiter_http::ClientIp,
 }
 
 impl fmt::Debug for AppState {

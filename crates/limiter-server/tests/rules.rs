@@ -623,7 +623,7 @@ async fn guarded_routes_obey_rules_on_their_path() {
     let dir = rules_dir();
     let (_file, server) = worker(&dir.path().join("rules.json"), "");
     let http = client();
-    add_rule(&http, &server, json!({"name": "whoami", "scope": "ip", "match": "127.0.0.0/8", "resource": "/v1/whoami", "quotas": [{"limit": 2, "period": "1h"}]})).await;
+    add_rule(&http, &server, json!({"name": "v1", "scope": "ip", "match": "127.0.0.0/8", "resource": "/v1", "quotas": [{"limit": 2, "period": "1h"}]})).await;
     let get = || http.get(server.url("/v1/whoami")).send();
     for _ in 0..2 {
         let res = get().await.unwrap();

@@ -35,14 +35,14 @@ fn fleet(redis_url: &str, extra: &str) -> (tempfile::NamedTempFile, Vec<Server>)
 }
 
 /// Polls `worker`'s explain call until `rule` decides `asked` (or, with `None`, none
-/// does); the time that took.
-async fn until_decided(
+/// does); the time since `started`.
+async fn until_decided_since(
+    started: Instant,
     http: &reqwest::Client,
     worker: &Server,
     asked: &Value,
     rule: Option<&str>,
 ) -> Duration {
-    let started = Instant::now();
     loop {
         let (_, _, explained) = admin(
             http,
@@ -64,6 +64,15 @@ async fn until_decided(
     }
 }
 
+async fn until_decided(
+    http: &reqwest::Client,
+    worker: &Server,
+    asked: &Value,
+    rule: Option<&str>,
+) -> Duration {
+    until_decided_since(Instant::now(), http, worker, asked, rule).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_added_through_one_worker_is_enforced_exactly_by_the_others_within_a_second() {
     let redis = TestRedis::start().await;
@@ -76,9 +85,13 @@ async fn a_rule_added_through_one_worker_is_enforced_exactly_by_the_others_withi
     let asked = json!({"client": "203.0.113.77", "resource": "login"});
     let rule = json!({"name": "login-ip", "scope": "ip", "match": "203.0.113.0/24", "resource": "login", "quotas": [{"limit": 5, "period": "1d"}]});
     add_rule(&http, &workers[0], rule).await;
+    let written = Instant::now();
     for w in &workers[1..] {
-        let took = until_decided(&http, w, &asked, Some("login-ip")).await;
-        assert!(took <= Duration::from_secs(1), "applied after {took:?}");
+        let took = until_decided_since(written, &http, w, &asked, Some("login-ip")).await;
+        assert!(
+            took <= Duration::from_secs(1),
+            "applied {took:?} after the write"
+        );
     }
     // Exactly five between workers 2 and 3, in turn.
     let mut allowed = 0;
@@ -447,24 +460,100 @@ async fn a_write_during_a_redis_outage_changes_nothing_and_workers_keep_their_ru
     assert_eq!(explained["decided_by"], "kept");
 
     redis.container_handle().start().await.unwrap();
+    // The restarted Redis has no data: a worker puts back the rules it holds, and only
+    // those (the refused write is not among them).
     let started = Instant::now();
     loop {
-        let (status, _, after) =
-            admin(&http, worker, Method::GET, "/v1/admin/rules", None, None).await;
-        // The restarted Redis has no data: a worker puts back the rules it holds.
-        if status == 200 && after == before {
+        let (status, _, audit) =
+            admin(&http, worker, Method::GET, "/v1/admin/audit", None, None).await;
+        if status == 200 && audit["changes"][0]["action"] == "restore" {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "rules never restored: {after}"
+            "rules never restored: {audit}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (_, _, audit) = admin(&http, worker, Method::GET, "/v1/admin/audit", None, None).await;
-    assert_eq!(audit["changes"][0]["action"], "restore", "{audit}");
-    // The write refused during the outage was never made.
-    assert!(!audit.to_string().contains("\"new\""), "{audit}");
+    let (_, _, after) = admin(&http, worker, Method::GET, "/v1/admin/rules", None, None).await;
+    assert_eq!(after, before, "the failed write changed the rules");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_lost_by_redis_are_restored_not_replaced_by_a_new_workers_seeds() {
+    let redis = TestRedis::start().await;
+    let url = own_database(&redis.url, 15).await;
+    let (_file, workers) = fleet(&url, "");
+    let http = client();
+    ready(&http, &workers[0]).await;
+    for name in ["a", "b"] {
+        add_rule(&http, &workers[0], json!({"name": name, "scope": "global", "resource": name, "quotas": [{"limit": 3, "period": "1h"}]})).await;
+    }
+    for w in &workers {
+        until_decided(
+            &http,
+            w,
+            &json!({"client": "c", "resource": "b"}),
+            Some("b"),
+        )
+        .await;
+    }
+    // Redis loses everything; a new worker starts with seeds of its own meanwhile.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    let seeds = config_file(
+        "[fallback]\ndeadline_ms = 2000\n[[rules]]\nname = \"seeded\"\nscope = \"global\"\nquotas = [{ limit = 1, period = \"1h\" }]\n",
+    );
+    let newcomer = Server::start(&[
+        "--config",
+        path(&seeds),
+        "--redis-url",
+        &url,
+        "--hash-secret",
+        SECRET,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]);
+    // Every worker, the newcomer too, ends with the rules the fleet held.
+    for w in workers.iter().chain([&newcomer]) {
+        until_decided(
+            &http,
+            w,
+            &json!({"client": "c", "resource": "a"}),
+            Some("a"),
+        )
+        .await;
+        let (_, _, doc) = admin(&http, w, Method::GET, "/v1/admin/rules", None, None).await;
+        assert_eq!(doc["version"], 2, "{doc}");
+    }
+    // And Redis holds them again.
+    let started = Instant::now();
+    loop {
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg("rl:{admin}:rules")
+            .arg("doc")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(doc) = stored {
+            let doc: Value = serde_json::from_str(&doc).unwrap();
+            assert_eq!(
+                (
+                    doc["version"].as_u64(),
+                    doc["rules"].as_array().unwrap().len()
+                ),
+                (Some(2), 2),
+                "{doc}"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never restored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,8 @@ impl AdminSection {
                 ));
             }
         }
+        limiter_core::Quota::per_minute(self.failed_attempts_per_minute)
+            .map_err(|e| ConfigError::refused("admin.failed_attempts_per_minute", e))?;
         for (field, value) in [
             (
                 "admin.failed_attempts_per_minute",

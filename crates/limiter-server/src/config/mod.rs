@@ -367,16 +367,23 @@ impl Config {
                 )
             })?;
         }
+        Ok(ApiKeyOrIp::new(keys, self.addresses()?))
+    }
+
+    /// How anonymous clients are known by address.
+    ///
+    /// # Errors
+    /// A prefix length out of range.
+    pub(crate) fn addresses(&self) -> Result<ClientIp, ConfigError> {
         // The IPv4 length with a valid IPv6 one first, so the error names the one that is
         // wrong.
-        let addresses = ClientIp::new()
+        ClientIp::new()
             .trust_proxies(self.trusted_proxies.iter().copied())
             .forwarded_header(self.forwarded_header)
             .key_prefixes(self.ipv4_prefix, DEFAULT_IPV6_PREFIX)
             .map_err(|e| ConfigError::field("ipv4_prefix", format_args!("{e}: 1 to 32 bits")))?
             .key_prefixes(self.ipv4_prefix, self.ipv6_prefix)
-            .map_err(|e| ConfigError::field("ipv6_prefix", format_args!("{e}: 1 to 128 bits")))?;
-        Ok(ApiKeyOrIp::new(keys, addresses))
+            .map_err(|e| ConfigError::field("ipv6_prefix", format_args!("{e}: 1 to 128 bits")))
     }
 
     /// The configuration as JSON with the hash secret and any Redis password replaced.

@@ -116,10 +116,10 @@ impl Fleet {
         })
     }
 
-    /// Loads the stored rules (seeding an empty Redis store), then keeps them current and
-    /// flushes the records, in the background.
+    /// Loads the stored rules, then keeps them current and flushes the records, in the
+    /// background.
     pub(crate) async fn start(self: &Arc<Self>) {
-        if let Err(e) = self.refresh(true).await {
+        if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "rules not loaded at start: the file's seed rules apply until they are");
         }
         if self.redis.is_some() {
@@ -136,18 +136,31 @@ impl Fleet {
         }
     }
 
-    /// The stored document, or the seeds when nothing is stored.
+    /// The rules as an admin reads them: the stored document; while nothing is stored, the
+    /// rules this worker enforces (which it is about to restore), or the seeds.
     pub(crate) async fn document(&self) -> Result<Document, StoreError> {
+        let stored = self.stored().await?;
+        let held = self.rules.current();
+        if stored.version == 0 && held.version() > 0 {
+            return Ok(held_document(&held));
+        }
+        Ok(stored)
+    }
+
+    /// The stored document, or the seeds (version 0) when nothing is stored.
+    async fn stored(&self) -> Result<Document, StoreError> {
         let loaded = tokio::time::timeout(DEADLINE, self.store.load())
             .await
             .map_err(|_| StoreError::Unavailable("no answer in time".into()))??;
         Ok(loaded.unwrap_or_else(|| self.seeded()))
     }
 
-    /// Loads the store's rules and puts them in force; with `seed`, an empty Redis store
-    /// is given the file's rules first.
-    async fn refresh(&self, seed: bool) -> Result<(), StoreError> {
-        let result = self.load(seed).await;
+    /// Loads the store's rules and puts them in force (the store is the truth: a store
+    /// rolled back to older rules rolls the workers back too), holding off edits meanwhile
+    /// so that an older read never replaces a newer write.
+    async fn refresh(&self) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        let result = self.load().await;
         let mut status = self.status.lock();
         match &result {
             Ok(()) => {
@@ -159,39 +172,22 @@ impl Fleet {
         result
     }
 
-    async fn load(&self, seed: bool) -> Result<(), StoreError> {
-        let stored = tokio::time::timeout(DEADLINE, self.store.load())
-            .await
-            .map_err(|_| StoreError::Unavailable("no answer in time".into()))??;
-        let document = match stored {
-            Some(document) => document,
-            None if seed && self.redis.is_some() && !self.seeds.is_empty() => {
-                let mut first = self.seeded();
-                first.version = 1;
-                let change = Change {
-                    time_ms: now_ms(),
-                    token: "config".into(),
-                    action: "seed".into(),
-                    rule: None,
-                    version: 1,
-                    before: Value::Null,
-                    after: serde_json::to_value(&first.rules).unwrap_or_default(),
-                };
-                match self.store.store(0, &first, &change).await {
-                    // Another worker seeded first: load what it stored.
-                    Ok(()) | Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                self.store.load().await?.unwrap_or(first)
-            }
-            None => self.seeded(),
-        };
-        if self.rules.replace(document.to_set()) {
+    /// Puts the stored rules in force, or the seeds while nothing is stored. Seeds are not
+    /// written: the first edit stores them with itself, so a worker starting with seeds
+    /// never overwrites rules that other workers hold and will restore.
+    async fn load(&self) -> Result<(), StoreError> {
+        let document = self.stored().await?;
+        let held = self.rules.current();
+        if document.version == 0 && held.version() > 0 {
+            return self.restore().await;
+        }
+        if document.version != held.version() {
             tracing::debug!(
                 version = document.version,
                 rules = document.rules.len(),
                 "rules in force"
             );
+            self.rules.replace(document.to_set());
         }
         Ok(())
     }
@@ -206,14 +202,23 @@ impl Fleet {
         token: &str,
     ) -> Result<(Document, Document), WriteError> {
         let _writing = self.writing.lock().await;
+        self.edit_locked(edit, if_match, token).await
+    }
+
+    async fn edit_locked(
+        &self,
+        edit: Edit,
+        if_match: Option<u64>,
+        token: &str,
+    ) -> Result<(Document, Document), WriteError> {
         for _ in 0..3 {
             let current = self
-                .document()
+                .stored()
                 .await
                 .map_err(|e| WriteError::Unavailable(e.to_string()))?;
             // A store that lost its rules gets back the ones in force before any edit, so
             // an edit never builds on an empty document by mistake.
-            if self.redis.is_some() && current.version == 0 && self.rules.current().version() > 0 {
+            if current.version == 0 && self.rules.current().version() > 0 {
                 self.restore()
                     .await
                     .map_err(|e| WriteError::Unavailable(e.to_string()))?;
@@ -317,16 +322,15 @@ impl Fleet {
             let version = tokio::time::timeout(DEADLINE, redis.version()).await;
             let held = self.rules.current().version();
             let result = match version {
-                // Redis lost the rules (restarted without persistence, an empty replica
-                // promoted): put back the ones this worker holds, under their version.
-                Ok(Ok(0)) if held > 0 => self.restore().await,
-                Ok(Ok(v)) if v == held => {
+                Ok(Ok(v)) if v == held && v > 0 => {
                     let mut status = self.status.lock();
                     status.confirmed_ms = Some(now_ms());
                     status.error = None;
                     Ok(())
                 }
-                Ok(Ok(_)) => self.refresh(false).await,
+                // Another version, or none stored: load it (an empty store gets back the
+                // rules this worker holds, if any).
+                Ok(Ok(_)) => self.refresh().await,
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(StoreError::Unavailable("no answer in time".into())),
             };
@@ -340,15 +344,12 @@ impl Fleet {
         }
     }
 
-    /// Writes the rules in force into a store that holds none; another worker doing the
-    /// same first is as good.
+    /// Writes the rules in force into a store that holds none (Redis restarted without
+    /// persistence, an empty replica promoted); another worker doing the same first is as
+    /// good. Called with the write lock held.
     async fn restore(&self) -> Result<(), StoreError> {
         let set = self.rules.current();
-        let document = Document {
-            version: set.version(),
-            enforce: set.enforce(),
-            rules: set.rules().cloned().collect(),
-        };
+        let document = held_document(&set);
         let change = Change {
             time_ms: now_ms(),
             token: format!("worker {}", self.records.worker()),
@@ -356,7 +357,7 @@ impl Fleet {
             rule: None,
             version: document.version,
             before: Value::Null,
-            after: json!({"enforce": document.enforce, "rules": document.rules}),
+            after: summary(&document),
         };
         let stored = tokio::time::timeout(DEADLINE, self.store.store(0, &document, &change))
             .await
@@ -369,7 +370,11 @@ impl Fleet {
                 );
                 Ok(())
             }
-            Err(StoreError::Conflict { .. }) => self.refresh(false).await,
+            Err(StoreError::Conflict { .. }) => {
+                let stored = self.stored().await?;
+                self.rules.replace(stored.to_set());
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -388,12 +393,18 @@ impl Fleet {
         let batch = self.records.take();
         match &self.redis {
             None => self.records.keep_locally(batch),
-            Some(redis) => {
-                let flushed = tokio::time::timeout(DEADLINE, redis.flush(&batch)).await;
-                if !matches!(flushed, Ok(Ok(()))) {
-                    self.records.put_back(batch);
+            Some(redis) => match tokio::time::timeout(DEADLINE, redis.flush(&batch)).await {
+                Ok(Ok(())) => {}
+                // Not sent: kept for the next flush, so an outage loses no counts.
+                Ok(Err(_)) => self.records.put_back(batch),
+                // Sent, perhaps applied: sending it again could count it twice.
+                Err(_) => {
+                    metrics::counter!("ratelimit_stats_flushes_lost_total").increment(1);
+                    tracing::warn!(
+                        "statistics flush got no answer in time: its counts may be lost"
+                    );
                 }
-            }
+            },
         }
     }
 
@@ -497,6 +508,33 @@ async fn subscribe(url: &str) -> Option<redis::aio::PubSubStream> {
     tokio::time::timeout(DEADLINE, open).await.ok().flatten()
 }
 
+/// The document of the rules in force.
+fn held_document(set: &limiter_rules::RuleSet) -> Document {
+    Document {
+        version: set.version(),
+        enforce: set.enforce(),
+        rules: set.rules().cloned().collect(),
+    }
+}
+
+/// A whole rule set as the audit log records it: the switch, the count and the names (a
+/// set may hold thousands of rules; each entry stays small).
+fn summary(document: &Document) -> Value {
+    const NAMES: usize = 100;
+    let names: Vec<&str> = document
+        .rules
+        .iter()
+        .take(NAMES)
+        .map(|r| r.name())
+        .collect();
+    json!({
+        "enforce": document.enforce,
+        "rules": document.rules.len(),
+        "names": names,
+        "more": document.rules.len().saturating_sub(NAMES),
+    })
+}
+
 /// The audit entry of `edit`, from the document before and after.
 fn describe(edit: &Edit, before: &Document, after: &Document, token: &str) -> Change {
     let rule_json = |doc: &Document, name: &str| {
@@ -516,10 +554,7 @@ fn describe(edit: &Edit, before: &Document, after: &Document, token: &str) -> Ch
             json!({"enforce": after.enforce}),
         ),
         (_, Some(name)) => (rule_json(before, name), rule_json(after, name)),
-        (_, None) => (
-            json!({"enforce": before.enforce, "rules": before.rules}),
-            json!({"enforce": after.enforce, "rules": after.rules}),
-        ),
+        (_, None) => (summary(before), summary(after)),
     };
     Change {
         time_ms: now_ms(),

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use limiter_core::{Decision, Tier, ceil_millis};
+use limiter_core::{Tier, ceil_millis};
 use limiter_rules::{Observe, Query, Verdict};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -148,7 +148,7 @@ impl Records {
         update(&mut slot[tier as usize]);
     }
 
-    fn violation(&self, query: &Query<'_>, rule: Option<&str>, decision: &Decision, shadow: bool) {
+    fn violation(&self, query: &Query<'_>, denial: &limiter_rules::Violation<'_>) {
         let mut waiting = self.waiting.lock();
         if waiting.len() >= self.per_second {
             *self.dropped.lock() += 1;
@@ -157,12 +157,13 @@ impl Records {
         waiting.push(Violation {
             time: now_ms(),
             worker: self.worker.clone(),
-            rule: rule.map(str::to_owned),
+            rule: denial.rule.map(str::to_owned),
             tier: query.tier,
-            resource: query.resource.map(str::to_owned),
+            // The rule's resource, never the request's: a path may hold identifiers.
+            resource: denial.resource.map(str::to_owned),
             client: query.client.to_hex(),
-            shadow,
-            retry_after_ms: decision.retry_after.map(ceil_millis),
+            shadow: denial.shadow,
+            retry_after_ms: denial.retry_after.map(ceil_millis),
         });
     }
 
@@ -249,8 +250,8 @@ impl Observe for Records {
         if let Some(shadow) = verdict.shadow.as_ref().filter(|s| !s.decision.allowed) {
             self.count(Some(&shadow.rule), query.tier, |c| c.shadow_denied += 1);
         }
-        for (rule, decision, shadow) in verdict.violations() {
-            self.violation(query, rule, decision, shadow);
+        for denial in verdict.violations() {
+            self.violation(query, &denial);
         }
     }
 }

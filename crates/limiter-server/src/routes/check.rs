@@ -202,11 +202,18 @@ async fn decide(
     let rule = resolution.rule.map(|r| r.name().to_owned());
     let started = Instant::now();
     let result = match asked {
-        Asked::Refund => state
-            .limiter
-            .refund(&key, policy, cost)
-            .await
-            .map(|decision| (decision, rule)),
+        Asked::Refund => {
+            // A check took from the shadow rule's bucket too: give back there as well, so
+            // the rule on trial sees what it would enforce. Its errors change nothing.
+            if let Some(shadow) = resolution.shadow {
+                let _ = state.limiter.refund(&key, shadow.policy(), cost).await;
+            }
+            state
+                .limiter
+                .refund(&key, policy, cost)
+                .await
+                .map(|decision| (decision, rule))
+        }
         Asked::Check => {
             let operation = if req.dry_run {
                 Operation::Peek

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::problem;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::state::AppState;
 
 /// Who may use the admin API, and the count of failed attempts per peer.
@@ -41,27 +41,34 @@ pub(crate) struct TokenName(pub(crate) String);
 
 impl AdminAuth {
     /// The admin tokens of `config`; `None` when there are none (the admin API is off).
-    pub(crate) fn new(config: &Config) -> Option<Self> {
+    ///
+    /// # Errors
+    /// A setting of `[admin]` that cannot be used, or no randomness for the peers' hash.
+    pub(crate) fn new(config: &Config) -> Result<Option<Self>, ConfigError> {
         let tokens = config.admin.hashed_tokens(config.admin_token.as_deref());
         if tokens.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let per_minute = config.admin.failed_attempts_per_minute;
-        let policy = Quota::per_minute(per_minute)
+        let refused = |e| ConfigError::refused("admin.failed_attempts_per_minute", e);
+        let policy = Quota::per_minute(config.admin.failed_attempts_per_minute)
             .and_then(|q| Policy::new("admin-auth-failures", [q]))
-            .ok()?;
+            .map_err(refused)?;
         let failures = MemoryLimiter::new(MemoryConfig {
             max_buckets: 100_000,
-        })
-        .ok()?;
+        })?;
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).ok()?;
-        Some(Self {
+        getrandom::fill(&mut secret).map_err(|e| {
+            ConfigError::field(
+                "admin",
+                format_args!("no randomness for hashing peers: {e}"),
+            )
+        })?;
+        Ok(Some(Self {
             tokens,
             failures,
             policy,
-            hasher: ClientKeyHasher::new(secret).ok()?,
-        })
+            hasher: ClientKeyHasher::new(secret)?,
+        }))
     }
 
     /// The name of the token `presented` is, comparing with every token in constant time.
@@ -91,7 +98,9 @@ pub(crate) async fn require(
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| {
+            c.0.ip().to_canonical()
+        });
     let peer_key = auth.hasher.hash(peer.to_string());
     // A peer that used up its failures waits, whatever it presents now.
     if let Ok(d) = auth.failures.peek(&peer_key, &auth.policy, 1).await

@@ -389,9 +389,6 @@ pub(crate) async fn explain(State(state): State<AppState>, body: Bytes) -> Respo
         return invalid(&RuleError::new("resource", why));
     }
     let client = asked.client.unwrap_or_default();
-    let key = state
-        .hasher
-        .hash([NAMESPACE.as_bytes(), client.as_bytes()].concat());
     let api_key = match &asked.api_key {
         Some(raw) if raw.starts_with(KeyHash::PREFIX) => match raw.parse() {
             Ok(hash) => Some(hash),
@@ -400,6 +397,21 @@ pub(crate) async fn explain(State(state): State<AppState>, body: Bytes) -> Respo
         Some(raw) => Some(KeyHash::of(raw.as_bytes())),
         None if !client.is_empty() => Some(KeyHash::of(client.as_bytes())),
         None => None,
+    };
+    // The client as the layer or /v1/check counts it: its rollout share depends on it.
+    let key = match (&asked.api_key, asked.ip) {
+        (Some(_), _) => state.hasher.hash(format!(
+            "key:{}",
+            api_key
+                .map(|h| hex::encode(h.as_bytes()))
+                .unwrap_or_default()
+        )),
+        (None, Some(ip)) => state
+            .hasher
+            .hash(state.addresses.client_id(ip.to_canonical())),
+        (None, None) => state
+            .hasher
+            .hash([NAMESPACE.as_bytes(), client.as_bytes()].concat()),
     };
     let query = Query {
         tier,
