@@ -65,6 +65,9 @@ fuzz_target!(|data: &[u8]| {
         config: Some(file().clone()),
         hash_secret: None,
         log_format: None,
+        admin_token: None,
+        admin_listen: None,
+        rules_file: None,
         command: None,
     };
     let Ok(config) = Config::load(&cli) else {
