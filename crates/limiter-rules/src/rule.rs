@@ -118,9 +118,11 @@ impl Resource {
     /// A [`RuleError`] on `resource` otherwise (it does not echo the text).
     pub fn new(text: &str) -> Result<Self, RuleError> {
         validate_resource(text).map_err(|reason| RuleError::new("resource", reason))?;
-        // `/api/` and `/api` mean the same prefix.
-        let text = match text.strip_suffix('/') {
-            Some(trimmed) if !trimmed.is_empty() => trimmed,
+        // `/api/` and `/api` mean the same prefix (written the short way, so a rule prints as
+        // it reads back); a name is kept as it is.
+        let text = match text.trim_end_matches('/') {
+            "" if text.starts_with('/') => "/",
+            trimmed if text.starts_with('/') => trimmed,
             _ => text,
         };
         Ok(Self(text.to_owned()))

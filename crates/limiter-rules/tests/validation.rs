@@ -107,3 +107,26 @@ fn edits_are_all_or_nothing() {
     // Round trip through the stored form.
     assert_eq!(Document::from_json(&off.to_json()).unwrap(), off);
 }
+
+#[test]
+fn resources_print_as_they_read_back() {
+    for (given, kept) in [
+        ("/api/", "/api"),
+        ("/api//", "/api"),
+        ("//", "/"),
+        ("/", "/"),
+        ("i/upl:::a//", "i/upl:::a//"),
+        ("login", "login"),
+    ] {
+        let json = format!(
+            r#"{{"name": "r", "scope": "global", "resource": "{given}", "quotas": [{{"limit": 1, "period": "1s"}}]}}"#
+        );
+        let rule = from_json::<RuleSpec>(json.as_bytes())
+            .unwrap()
+            .into_rule()
+            .unwrap();
+        assert_eq!(rule.resource_filter().unwrap().as_str(), kept, "{given}");
+        let again: RuleSpec = from_json(serde_json::to_string(&rule).unwrap().as_bytes()).unwrap();
+        assert_eq!(again.into_rule().unwrap(), rule, "{given}");
+    }
+}
