@@ -641,3 +641,92 @@ async fn guarded_routes_obey_rules_on_their_path() {
         denied.headers()
     );
 }
+
+#[tokio::test]
+async fn the_admin_api_can_have_an_address_of_its_own() {
+    let dir = rules_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let admin_at = format!("127.0.0.1:{port}");
+    let file = config_file("");
+    let server = Server::start(&[
+        "--config",
+        path(&file),
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--rules-file",
+        dir.path().join("rules.json").to_str().unwrap(),
+        "--admin-listen",
+        &admin_at,
+    ]);
+    let http = client();
+    // Not beside the check API...
+    let res = http
+        .get(server.url("/v1/admin/rules"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // ...but on its own address, with its own token check; the check API is not there.
+    let url = format!("http://{admin_at}");
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(res) = http
+            .get(format!("{url}/v1/admin/rules"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+        {
+            answered = Some(res.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answered, Some(reqwest::StatusCode::OK));
+    let res = http
+        .get(format!("{url}/v1/admin/rules"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = http
+        .post(format!("{url}/v1/check"))
+        .json(&json!({"client": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[test]
+fn the_admin_token_and_raw_keys_never_show_in_the_printed_config() {
+    let seeds = config_file(
+        "[[rules]]\nname = \"k\"\nscope = \"api_key\"\nmatch = \"k-raw-seed-key-0123456789\"\nquotas = [{ limit = 1, period = \"1s\" }]\n",
+    );
+    let (code, out, err) = run(
+        command(),
+        &[
+            "--config",
+            path(&seeds),
+            "--admin-token",
+            ADMIN_TOKEN,
+            "config",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(ADMIN_TOKEN) && !out.contains("k-raw-seed-key"),
+        "{out}"
+    );
+    assert!(out.contains("sha256:"), "{out}");
+    // A token too short to be safe is refused, without being echoed.
+    let (code, _, err) = run(command(), &["--admin-token", "short", "config"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("admin_token") && !err.contains("short\""),
+        "{err}"
+    );
+}
