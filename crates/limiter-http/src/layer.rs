@@ -100,6 +100,33 @@ impl RateLimitLayer {
     /// Live rules over the tiers' policies: the most specific rule that matches a request
     /// decides it (the tier's policy when none does), a shadow rule is evaluated beside it,
     /// and the kill switch is obeyed. Changes to `rules` apply to the next request.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use axum::{Router, routing::post};
+    /// use limiter_core::ClientKeyHasher;
+    /// use limiter_http::RateLimitLayer;
+    /// use limiter_memory::{MemoryConfig, MemoryLimiter};
+    /// use limiter_rules::{RuleSet, RuleSpec, Rules, from_json};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Five logins a minute per client address, whatever the tier allows elsewhere.
+    /// let login: RuleSpec = from_json(br#"{"name": "login", "scope": "global",
+    ///     "resource": "/login", "quotas": [{"limit": 5, "period": "1m"}]}"#)?;
+    /// let rules = Rules::new(RuleSet::new(1, true, [login.into_rule()?]));
+    /// let layer = RateLimitLayer::new(
+    ///     Arc::new(MemoryLimiter::new(MemoryConfig::default())?),
+    ///     ClientKeyHasher::new(b"the deployment's shared secret")?,
+    /// )
+    /// .rules(rules.clone());
+    /// let app: Router = Router::new().route("/login", post(|| async { "welcome" })).layer(layer);
+    ///
+    /// // Later, from whatever loads new rules: the next request sees them.
+    /// rules.replace(RuleSet::new(2, true, []));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn rules(mut self, rules: Rules) -> Self {
         self.shared.rules = Some(rules);
         self

@@ -443,6 +443,9 @@ async fn a_write_during_a_redis_outage_changes_nothing_and_workers_keep_their_ru
         if health["components"]["rules"]["status"] == "stale" {
             assert_eq!(health["status"], "degraded");
             assert_eq!(health["components"]["rules"]["version"], 1);
+            let text = metrics(&http, &workers[1]).await;
+            assert!(text.contains("ratelimit_rules_stale 1"), "{text}");
+            assert!(text.contains("ratelimit_rules_version 1"), "{text}");
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "{health}");
