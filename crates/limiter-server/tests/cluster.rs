@@ -23,14 +23,17 @@ async fn a_dead_master_degrades_only_its_share_of_the_keyspace() {
     let nodes = topology::Topology::cluster(17500);
     // A long probe interval keeps the slots open while the test looks at them.
     let file = config_file("[fallback]\nprobe_interval_ms = 60000\n");
-    let server = Server::start(&[
+    let args = [
         "--config",
         path(&file),
         "--redis-url",
         &nodes.url,
         "--hash-secret",
         SECRET,
-    ]);
+        "--admin-token",
+        ADMIN_TOKEN,
+    ];
+    let server = Server::start(&args);
     let http = client();
     let mut health = ready(&http, &server).await;
     for _ in 0..100 {
@@ -42,6 +45,47 @@ async fn a_dead_master_degrades_only_its_share_of_the_keyspace() {
     }
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["components"]["redis"]["degraded_keyspace"], 0.0);
+
+    // Live rules on the cluster: written through one worker, applied by another within a
+    // second by its version check (a cluster gets no change notification), and enforced.
+    let other = Server::start(&args);
+    ready(&http, &other).await;
+    let (status, _, body) = admin(
+        &http,
+        &server,
+        reqwest::Method::POST,
+        "/v1/admin/rules",
+        Some(json!({"name": "login", "scope": "global", "resource": "login", "quotas": [{"limit": 2, "period": "1h"}]})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let written = Instant::now();
+    let login = json!({"client": unique("cluster-login"), "resource": "login"});
+    loop {
+        let (_, answer) = check(
+            &http,
+            &other,
+            json!({"client": "probe", "resource": "login", "dry_run": true}),
+        )
+        .await;
+        if answer["rule"] == "login" {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "not applied within a second: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut admitted = 0;
+    for w in [&server, &other, &server, &other] {
+        let (_, answer) = check(&http, w, login.clone()).await;
+        assert_eq!(answer["backend"], "redis", "{answer}");
+        admitted += usize::from(answer["allowed"] == true);
+    }
+    assert_eq!(admitted, 2);
+    drop(other);
 
     // The dead master's replica must not take over while the test looks: its slots stay
     // unreachable.
