@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use limiter_core::{ClientKey, Tier};
-use limiter_rules::{Document, Query, RuleSet, RuleSpec, Scope, from_json};
+use limiter_rules::{from_json, Document, Query, RuleSet, RuleSpec, Scope};
 
 fuzz_target!(|bytes: &[u8]| {
     if let Ok(spec) = from_json::<RuleSpec>(bytes) {

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -p limiter-outbound --example fetch -- \
 //!     --config crawler.toml [--redis-url redis://127.0.0.1:6379] --concurrency 16 \
-//!     [--urls urls.txt] [URL ...]
+//!     [--max-delay 5s] [--in-flight-total 100] [--urls urls.txt] [URL ...]
 //! ```
 //!
 //! Output: `{"sent", "ok", "status_429", "status_other", "errors", "too_long_waits",
@@ -37,6 +37,12 @@ struct Args {
     /// Requests in flight at once
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Overrides `[defaults] max_delay` (over LIMITER_OUTBOUND_DEFAULTS__MAX_DELAY and the file)
+    #[arg(long, value_name = "DURATION")]
+    max_delay: Option<String>,
+    /// Overrides `in_flight_total` (over LIMITER_OUTBOUND_IN_FLIGHT_TOTAL and the file)
+    #[arg(long, value_name = "N")]
+    in_flight_total: Option<u32>,
     /// A file of URLs, one per line
     #[arg(long, value_name = "FILE")]
     urls: Option<PathBuf>,
@@ -68,7 +74,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let config = OutboundConfig::load(args.config.as_deref(), json!({}))?;
+    // Flags over the environment over the file: only the flags given are overrides.
+    let mut overrides = serde_json::Map::new();
+    if let Some(delay) = &args.max_delay {
+        overrides.insert("defaults".into(), json!({ "max_delay": delay }));
+    }
+    if let Some(total) = args.in_flight_total {
+        overrides.insert("in_flight_total".into(), json!(total));
+    }
+    let config = OutboundConfig::load(args.config.as_deref(), overrides)?;
     let mut urls = args.url;
     if let Some(file) = &args.urls {
         let text =
