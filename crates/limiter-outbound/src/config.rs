@@ -224,7 +224,13 @@ impl OutboundConfig {
                 let key = e.path.join(".");
                 let mut why = e.kind.to_string();
                 if let Some(source) = &e.metadata {
-                    why = format!("{why} (from {})", source.name);
+                    // Serialized providers are named by their type: say what they are.
+                    let from = if source.name.contains("::") {
+                        "the overrides"
+                    } else {
+                        &*source.name
+                    };
+                    why = format!("{why} (from {from})");
                 }
                 if key.is_empty() {
                     ConfigError(why)
