@@ -1,32 +1,54 @@
 //! AIMD: a host's rate, lowered on the remote's refusals and raised after runs of good
-//! answers, shared by the fleet in Redis (this process's own while Redis is unavailable).
+//! answers, and the host's pace at that rate: one bucket per host whatever the rate (GCRA:
+//! the theoretical arrival time of the next request, moved on by one interval per turn),
+//! shared by the fleet in one Redis hash, this process's own while Redis is unavailable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use limiter_core::{Policy, Quota};
 use limiter_redis::RedisLimiter;
-use limiter_redis::redis::{self, Script};
+use limiter_redis::redis::Script;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::config::Aimd;
 
-/// Applies one answer to a host's rate: KEYS[1] the host's AIMD hash (`rate`, `ok`,
-/// `cut`); ARGV: 1 `throttle` or `ok`, 2 min, 3 max, 4 decrease, 5 step, 6 after. Replies
-/// the rate. A throttle within a second of the last cut is ignored (the requests of one
-/// burst answer together), and the key expires after an hour without answers.
+/// One AIMD operation on a host's hash (`rate`, `ok`, `cut`, `tat`), KEYS[1]. ARGV: 1 the
+/// operation, 2 min, 3 max, 4 decrease, 5 step, 6 after.
+/// - `take`: a turn at the current rate, without bursts: replies 0 and moves `tat` on by
+///   one interval when `tat` has come, else replies the ms until it comes;
+/// - `untake`: gives a turn back (`tat` one interval earlier, not before now);
+/// - `throttle`: the rate times `decrease`, at most once a second (one burst of refusals
+///   counts once);
+/// - `ok`: one good answer; `after` in a row add `step`.
+///
+/// The rate stays within [min, max] and starts at max; the key expires an hour after its
+/// last use. Times are Redis's, in ms.
 const SCRIPT: &str = r"
 local min, max = tonumber(ARGV[2]), tonumber(ARGV[3])
 local rate = tonumber(redis.call('HGET', KEYS[1], 'rate') or ARGV[3])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[1] == 'throttle' then
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local op = ARGV[1]
+local reply = 0
+if op == 'take' or op == 'untake' then
+  local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
+  local interval = 1000 / rate
+  if op == 'take' then
+    if tat > now then
+      reply = math.ceil(tat - now)
+    else
+      redis.call('HSET', KEYS[1], 'tat', tostring(math.max(tat, now) + interval))
+    end
+  else
+    redis.call('HSET', KEYS[1], 'tat', tostring(math.max(now - interval, tat - interval)))
+  end
+elseif op == 'throttle' then
   local cut = tonumber(redis.call('HGET', KEYS[1], 'cut') or '0')
   if now - cut >= 1000 then
     rate = math.max(min, rate * tonumber(ARGV[4]))
-    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'ok', 0, 'cut', now)
+    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'ok', 0, 'cut', tostring(now))
   end
 else
   local ok = redis.call('HINCRBY', KEYS[1], 'ok', 1)
@@ -36,25 +58,25 @@ else
   end
 end
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return tostring(rate)
+return {reply, tostring(rate)}
 ";
 
-/// A rate read from Redis is used this long before it is read again.
-const FRESH: Duration = Duration::from_millis(100);
 /// After Redis fails, it is not asked again for this long.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest an AIMD call may take before Redis counts as down.
-const DEADLINE: Duration = Duration::from_millis(250);
+const DEADLINE: Duration = Duration::from_millis(100);
 
+/// A host's AIMD state in this process: the rate, the run of good answers, the last cut,
+/// and the theoretical arrival time of the next turn.
 #[derive(Debug, Clone, Copy)]
 struct Local {
     rate: f64,
     ok: u32,
     cut: Option<Instant>,
-    read: Option<Instant>,
+    tat: Instant,
 }
 
-/// Every AIMD host's rate.
+/// Every AIMD host's rate and pace.
 #[derive(Debug)]
 pub(crate) struct Rates {
     redis: Option<(Arc<RedisLimiter>, Script)>,
@@ -64,6 +86,26 @@ pub(crate) struct Rates {
 
 fn key(authority: &str) -> String {
     format!("rl:out:{{{authority}}}:aimd")
+}
+
+/// What the operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Take,
+    Untake,
+    Throttle,
+    Ok,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Take => "take",
+            Op::Untake => "untake",
+            Op::Throttle => "throttle",
+            Op::Ok => "ok",
+        }
+    }
 }
 
 impl Rates {
@@ -82,122 +124,101 @@ impl Rates {
         }
     }
 
-    fn failed(&self) {
-        *self.skip_until.lock() = Some(Instant::now() + BACKOFF);
-    }
-
-    fn local(&self, authority: &str, aimd: &Aimd) -> Local {
-        *self
-            .hosts
-            .lock()
-            .entry(authority.to_owned())
-            .or_insert(Local {
-                rate: aimd.max,
-                ok: 0,
-                cut: None,
-                read: None,
-            })
-    }
-
-    /// The host's rate now, as a policy of one quota (`None` if it cannot be one).
-    pub(crate) async fn policy(&self, authority: &str, aimd: &Aimd) -> Option<Policy> {
-        let local = self.local(authority, aimd);
-        let fresh = local.read.is_some_and(|at| at.elapsed() < FRESH);
-        let rate = match self.shared() {
-            Some((redis, _)) if !fresh => {
-                let read = async {
-                    let mut conn = redis.connection().await.ok()?;
-                    redis::cmd("HGET")
-                        .arg(key(authority))
-                        .arg("rate")
-                        .query_async::<Option<String>>(&mut conn)
-                        .await
-                        .ok()
-                };
-                match tokio::time::timeout(DEADLINE, read).await.ok().flatten() {
-                    Some(rate) => {
-                        let rate = rate.and_then(|r| r.parse().ok()).unwrap_or(aimd.max);
-                        self.remember(authority, rate);
-                        rate
-                    }
-                    None => {
-                        self.failed();
-                        local.rate
-                    }
-                }
-            }
-            _ => local.rate,
+    /// Runs `op` for the fleet in Redis: (ms to wait, the rate), or `None` if Redis failed.
+    async fn shared_op(&self, authority: &str, aimd: &Aimd, op: Op) -> Option<(u64, f64)> {
+        let (redis, script) = self.shared()?;
+        let call = async {
+            let mut conn = redis.connection().await.ok()?;
+            script
+                .key(key(authority))
+                .arg(op.as_str())
+                .arg(aimd.min)
+                .arg(aimd.max)
+                .arg(aimd.decrease)
+                .arg(aimd.step)
+                .arg(aimd.after)
+                .invoke_async::<(u64, String)>(&mut conn)
+                .await
+                .ok()
         };
-        policy_at(rate.clamp(aimd.min, aimd.max))
-    }
-
-    fn remember(&self, authority: &str, rate: f64) {
-        metrics::gauge!("outbound_aimd_rate", "host" => authority.to_owned()).set(rate);
-        if let Some(local) = self.hosts.lock().get_mut(authority) {
-            local.rate = rate;
-            local.read = Some(Instant::now());
-        }
-    }
-
-    /// Takes one answer into account: `throttled` for a 429 or 503.
-    pub(crate) async fn answered(&self, authority: &str, aimd: &Aimd, throttled: bool) {
-        if let Some((redis, script)) = self.shared() {
-            let call = async {
-                let mut conn = redis.connection().await.ok()?;
-                script
-                    .key(key(authority))
-                    .arg(if throttled { "throttle" } else { "ok" })
-                    .arg(aimd.min)
-                    .arg(aimd.max)
-                    .arg(aimd.decrease)
-                    .arg(aimd.step)
-                    .arg(aimd.after)
-                    .invoke_async::<String>(&mut conn)
-                    .await
-                    .ok()
-            };
-            match tokio::time::timeout(DEADLINE, call).await.ok().flatten() {
-                Some(rate) => {
-                    self.local(authority, aimd);
-                    self.remember(authority, rate.parse().unwrap_or(aimd.max));
-                    return;
-                }
-                None => self.failed(),
+        match tokio::time::timeout(DEADLINE, call).await.ok().flatten() {
+            Some((wait, rate)) => {
+                let rate = rate.parse().unwrap_or(aimd.max);
+                metrics::gauge!("outbound_aimd_rate", "host" => authority.to_owned()).set(rate);
+                Some((wait, rate))
+            }
+            None => {
+                *self.skip_until.lock() = Some(Instant::now() + BACKOFF);
+                None
             }
         }
+    }
+
+    /// The same operation on this process's own state.
+    fn local_op(&self, authority: &str, aimd: &Aimd, op: Op) -> Duration {
+        let now = Instant::now();
         let mut hosts = self.hosts.lock();
         let local = hosts.entry(authority.to_owned()).or_insert(Local {
             rate: aimd.max,
             ok: 0,
             cut: None,
-            read: None,
+            tat: now,
         });
-        if throttled {
-            if local
-                .cut
-                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
-            {
-                local.rate = (local.rate * aimd.decrease).max(aimd.min);
-                local.ok = 0;
-                local.cut = Some(Instant::now());
+        let interval = Duration::from_secs_f64(1.0 / local.rate);
+        let mut wait = Duration::ZERO;
+        match op {
+            Op::Take if local.tat > now => wait = local.tat - now,
+            Op::Take => local.tat = local.tat.max(now) + interval,
+            Op::Untake => local.tat = (local.tat.checked_sub(interval).unwrap_or(now)).max(now),
+            Op::Throttle => {
+                if local
+                    .cut
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+                {
+                    local.rate = (local.rate * aimd.decrease).max(aimd.min);
+                    local.ok = 0;
+                    local.cut = Some(now);
+                }
             }
-        } else {
-            local.ok += 1;
-            if local.ok >= aimd.after {
-                local.rate = (local.rate + aimd.step).min(aimd.max);
-                local.ok = 0;
+            Op::Ok => {
+                local.ok += 1;
+                if local.ok >= aimd.after {
+                    local.rate = (local.rate + aimd.step).min(aimd.max);
+                    local.ok = 0;
+                }
             }
         }
+        metrics::gauge!("outbound_aimd_rate", "host" => authority.to_owned()).set(local.rate);
+        wait
     }
-}
 
-/// `rate` requests a second as a quota: exact to a hundredth of a request per second,
-/// without bursts. Each rate is a policy of its own whose bucket starts full, so a burst
-/// allowance would be handed out again at every change of rate.
-fn policy_at(rate: f64) -> Option<Policy> {
-    let per_100s = (rate * 100.0).round().max(1.0) as u64;
-    let quota = Quota::new(per_100s, Duration::from_secs(100))
-        .and_then(|q| q.allow_burst(1))
-        .ok()?;
-    Policy::new("outbound.aimd", [quota]).ok()
+    async fn run(&self, authority: &str, aimd: &Aimd, op: Op) -> Duration {
+        match self.shared_op(authority, aimd, op).await {
+            Some((wait_ms, rate)) => {
+                // Keep this process's rate near the fleet's, for an outage.
+                if let Some(local) = self.hosts.lock().get_mut(authority) {
+                    local.rate = rate;
+                }
+                Duration::from_millis(wait_ms)
+            }
+            None => self.local_op(authority, aimd, op),
+        }
+    }
+
+    /// A turn at the host's rate: `None` when taken, else how long until it comes.
+    pub(crate) async fn take(&self, authority: &str, aimd: &Aimd) -> Option<Duration> {
+        let wait = self.run(authority, aimd, Op::Take).await;
+        (!wait.is_zero()).then_some(wait)
+    }
+
+    /// Gives back a turn taken for a request that is not sent.
+    pub(crate) async fn untake(&self, authority: &str, aimd: &Aimd) {
+        self.run(authority, aimd, Op::Untake).await;
+    }
+
+    /// Takes one answer into account: `throttled` for a 429 or 503.
+    pub(crate) async fn answered(&self, authority: &str, aimd: &Aimd, throttled: bool) {
+        let op = if throttled { Op::Throttle } else { Op::Ok };
+        self.run(authority, aimd, op).await;
+    }
 }

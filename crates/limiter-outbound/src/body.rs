@@ -64,5 +64,7 @@ pub(crate) fn with_lease(response: Response, lease: Option<Lease>) -> Response {
     *rebuilt.status_mut() = parts.status;
     *rebuilt.version_mut() = parts.version;
     *rebuilt.headers_mut() = parts.headers;
+    // What the client recorded (the peer's address, TLS details) stays with the response.
+    rebuilt.extensions_mut().extend(parts.extensions);
     Response::from(rebuilt)
 }

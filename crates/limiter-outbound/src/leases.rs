@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// After Redis fails, it is not asked again for this long.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a lease call may take before Redis counts as down.
-const DEADLINE: Duration = Duration::from_millis(250);
+const DEADLINE: Duration = Duration::from_millis(100);
 
 fn host_key(authority: &str) -> String {
     format!("rl:out:{{outbound-leases}}:host:{authority}")
@@ -77,7 +77,31 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.renew.abort();
-        let (redis, keys, id) = (Arc::clone(&self.redis), self.keys.clone(), self.id.clone());
+        release(&self.redis, &self.keys, &self.id);
+    }
+}
+
+/// A lease asked for whose answer is not in yet: if the call times out or its caller
+/// gives up, the lease may have been taken all the same, so it is released.
+struct Asking<'a> {
+    redis: &'a Arc<RedisLimiter>,
+    keys: &'a [String],
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            release(self.redis, self.keys, self.id);
+        }
+    }
+}
+
+/// Removes lease `id` from `keys`, in the background.
+fn release(redis: &Arc<RedisLimiter>, keys: &[String], id: &str) {
+    {
+        let (redis, keys, id) = (Arc::clone(redis), keys.to_vec(), id.to_owned());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let release = async {
@@ -170,7 +194,14 @@ impl Leases {
         );
         let keys = vec![host_key(authority), TOTAL_KEY.to_owned()];
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut delay = POLL;
         loop {
+            let mut asking = Asking {
+                redis,
+                keys: &keys,
+                id: &id,
+                armed: true,
+            };
             let call = async {
                 let mut conn = redis.connection().await.ok()?;
                 script
@@ -187,6 +218,8 @@ impl Leases {
             match tokio::time::timeout(DEADLINE, call).await.ok().flatten() {
                 None => return Err(None),
                 Some((1, _)) => {
+                    asking.armed = false;
+                    drop(asking);
                     let renew =
                         tokio::spawn(renew(Arc::clone(redis), keys.clone(), id.clone(), self.ttl));
                     let shared = Shared {
@@ -198,7 +231,13 @@ impl Leases {
                     return Ok(Lease::new(authority, Vec::new(), Some(shared)));
                 }
                 Some((_, wait_ms)) => {
-                    let wait = Duration::from_millis(wait_ms).min(POLL);
+                    // Refused: nothing was taken.
+                    asking.armed = false;
+                    drop(asking);
+                    // Asked again sooner than the earliest expiry (a release is not
+                    // announced), backing off while the cap stays full.
+                    let wait = Duration::from_millis(wait_ms).min(delay);
+                    delay = (delay * 2).min(Duration::from_millis(200));
                     if Instant::now() + wait > deadline {
                         return Err(Some(()));
                     }
@@ -216,12 +255,21 @@ impl Leases {
     ) -> Result<Lease, ()> {
         let mut permits = Vec::new();
         if let Some(cap) = cap {
-            let semaphore = Arc::clone(
-                self.local_hosts
-                    .lock()
-                    .entry(authority.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(cap as usize))),
-            );
+            let semaphore = {
+                let mut hosts = self.local_hosts.lock();
+                // Semaphores with every permit back are forgotten: a crawler of many hosts
+                // keeps only the busy ones.
+                if hosts.len() > 1024 {
+                    hosts.retain(|_, s| {
+                        s.available_permits() < cap as usize || Arc::strong_count(s) > 1
+                    });
+                }
+                Arc::clone(
+                    hosts
+                        .entry(authority.to_owned())
+                        .or_insert_with(|| Arc::new(Semaphore::new(cap as usize))),
+                )
+            };
             let permit = tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await;
             permits.push(permit.map_err(|_| ())?.map_err(|_| ())?);
         }
@@ -243,7 +291,8 @@ async fn renew(redis: Arc<RedisLimiter>, keys: Vec<String>, id: String, ttl: Dur
         let extend = async {
             let mut conn = redis.connection().await.ok()?;
             let t: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.ok()?;
-            let expiry = t.0 * 1000 + t.1 / 1000 + u64::try_from(ttl.as_millis()).unwrap_or(0);
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let expiry = t.0 * 1000 + t.1 / 1000 + ttl_ms;
             let mut pipe = redis::pipe();
             for key in &keys {
                 pipe.cmd("ZADD")
@@ -251,6 +300,12 @@ async fn renew(redis: Arc<RedisLimiter>, keys: Vec<String>, id: String, ttl: Dur
                     .arg("XX")
                     .arg(expiry)
                     .arg(&id)
+                    .ignore();
+                // The set outlives its longest lease: a long download keeps it.
+                pipe.cmd("PEXPIRE")
+                    .arg(key)
+                    .arg(ttl_ms.saturating_mul(2))
+                    .arg("GT")
                     .ignore();
             }
             pipe.query_async::<()>(&mut conn).await.ok()

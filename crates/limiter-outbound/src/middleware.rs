@@ -111,3 +111,32 @@ fn retry_after(response: &Response) -> Option<SystemTime> {
         Err(_) => httpdate::parse_http_date(value).ok(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(retry_after: &str) -> Response {
+        Response::from(
+            http::Response::builder()
+                .status(429)
+                .header(RETRY_AFTER, retry_after)
+                .body(Vec::<u8>::new())
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = SystemTime::now();
+        let secs = retry_after(&response("120")).unwrap();
+        assert!(secs >= now + Duration::from_secs(119) && secs <= now + Duration::from_secs(121));
+        let date = retry_after(&response("Wed, 21 Oct 2065 07:28:00 GMT")).unwrap();
+        assert_eq!(
+            httpdate::fmt_http_date(date),
+            "Wed, 21 Oct 2065 07:28:00 GMT"
+        );
+        assert!(retry_after(&response("soon")).is_none());
+        assert!(retry_after(&response("-5")).is_none());
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use limiter_core::{Decision, Error, RateLimiter};
+use limiter_core::{ClientKey, Decision, Error, Policy, RateLimiter};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -128,24 +128,33 @@ impl Pacer {
         let queue = self.queue(authority, role);
         let ahead = queue.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&queue);
+        // A place in the line before anything else is awaited: Tokio's mutex queues a
+        // waiter when it is first polled, so poll once now and keep the future.
+        let mut turn = std::pin::pin!(queue.turn.lock());
+        let mut held = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match turn.as_mut().poll(cx) {
+                std::task::Poll::Ready(guard) => Some(guard),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
         // The turn of the last in line comes when the tokens for everyone up to it have:
         // if that is already too late, fail now rather than at the deadline.
-        if ahead > 0
-            && let Some(wait) = self.expected_wait(&target, ahead as u64 + 1).await
-            && wait > target.max_delay
-        {
-            return Err(too_long(Some(wait)));
+        let mut expected = None;
+        if held.is_none() {
+            expected = self
+                .expected_wait(authority, &target, ahead as u64 + 1)
+                .await;
+            if let Some(wait) = expected.filter(|w| *w > target.max_delay) {
+                return Err(too_long(Some(wait)));
+            }
         }
-        let Ok(_turn) = tokio::time::timeout_at(deadline, queue.turn.lock()).await else {
-            return Err(too_long(None));
-        };
-        // A place under the in-flight caps first, so no token is spent waiting for one.
-        let Ok(lease) = self
-            .leases
-            .acquire(authority, target.in_flight, deadline)
-            .await
-        else {
-            return Err(too_long(None));
+        let _turn = match held.take() {
+            Some(guard) => guard,
+            None => match tokio::time::timeout_at(deadline, turn).await {
+                Ok(guard) => guard,
+                Err(_) => return Err(too_long(expected)),
+            },
         };
         loop {
             if let Some(until) = self.signals.paused_until(authority).await {
@@ -161,12 +170,7 @@ impl Pacer {
                 .await
                 .map_err(OutboundError::Limiter)?
             {
-                None => {
-                    return Ok(Turn {
-                        waited: started.elapsed(),
-                        lease,
-                    });
-                }
+                None => break,
                 Some(wait) => {
                     if Instant::now() + wait > deadline {
                         return Err(too_long(Some(wait)));
@@ -175,6 +179,34 @@ impl Pacer {
                 }
             }
         }
+        // The tokens first, then a place under the in-flight caps: a request never holds
+        // a place while it sleeps for tokens. If no place comes in time, the tokens go back.
+        match self
+            .leases
+            .acquire(authority, target.in_flight, deadline)
+            .await
+        {
+            Ok(lease) => Ok(Turn {
+                waited: started.elapsed(),
+                lease,
+            }),
+            Err(()) => {
+                self.give_back(authority, &target).await;
+                Err(too_long(None))
+            }
+        }
+    }
+
+    /// Gives back the tokens of one turn, best effort.
+    async fn give_back(&self, authority: &str, target: &Target) {
+        for (key, policy) in Self::buckets(target) {
+            if let Err(e) = self.limiter.refund(&key, &policy, 1).await {
+                tracing::debug!(host = authority, error = %e, "token not given back");
+            }
+        }
+        if let Some(bounds) = &target.aimd {
+            self.rates.untake(authority, bounds).await;
+        }
     }
 
     /// Pauses `authority` until `until` (a remote's `Retry-After`), fleet-wide with Redis.
@@ -182,36 +214,48 @@ impl Pacer {
         self.signals.pause(authority, until).await;
     }
 
-    /// Takes a token from the role's bucket, the host's and the host's AIMD rate, all or
-    /// none: `None` when taken, else how long until they could be.
+    /// The buckets one turn takes a token from: the role's, then the host's (an AIMD
+    /// host's pace comes after them, in [`Rates`]).
+    fn buckets(target: &Target) -> Vec<(ClientKey, Policy)> {
+        let mut buckets: Vec<(ClientKey, Policy)> = target.role.iter().cloned().collect();
+        buckets.push(target.host.clone());
+        buckets
+    }
+
+    /// Takes a token from every bucket of a turn, all or none: `None` when taken, else how
+    /// long until they could be. Whatever happens after the first is taken (a denial, an
+    /// error), the tokens taken go back, best effort.
     async fn take(&self, authority: &str, target: &Target) -> Result<Option<Duration>, Error> {
-        let aimd = match &target.aimd {
-            Some(bounds) => self
-                .rates
-                .policy(authority, bounds)
-                .await
-                .map(|policy| (target.host.0, policy)),
-            None => None,
-        };
-        let buckets = target
-            .role
-            .iter()
-            .chain(std::iter::once(&target.host))
-            .chain(aimd.as_ref());
-        let mut taken: Vec<&(limiter_core::ClientKey, limiter_core::Policy)> = Vec::new();
-        for bucket in buckets {
-            let (key, policy) = bucket;
-            let decision = self.limiter.check(key, policy, 1).await?;
-            if !decision.allowed {
-                // A later bucket said no: the tokens taken go back, exactly.
-                for (key, policy) in taken {
-                    self.limiter.refund(key, policy, 1).await?;
+        let buckets = Self::buckets(target);
+        let mut outcome = Ok(None);
+        let mut taken = 0;
+        for (key, policy) in &buckets {
+            match self.limiter.check(key, policy, 1).await {
+                Ok(d) if d.allowed => taken += 1,
+                Ok(d) => {
+                    outcome = Ok(Some(wait_of(&d)));
+                    break;
                 }
-                return Ok(Some(wait_of(&decision)));
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
-            taken.push(bucket);
         }
-        Ok(None)
+        if matches!(outcome, Ok(None))
+            && let Some(bounds) = &target.aimd
+            && let Some(wait) = self.rates.take(authority, bounds).await
+        {
+            outcome = Ok(Some(wait.max(Duration::from_millis(1))));
+        }
+        if !matches!(outcome, Ok(None)) {
+            for (key, policy) in &buckets[..taken] {
+                if let Err(e) = self.limiter.refund(key, policy, 1).await {
+                    tracing::debug!(host = authority, error = %e, "token not given back");
+                }
+            }
+        }
+        outcome
     }
 
     /// Takes a response's status into account: a `429` or `503` lowers an AIMD host's
@@ -224,25 +268,48 @@ impl Pacer {
         }
     }
 
-    /// When `n` tokens would be there for the role and the host, by peeking (nothing
-    /// taken); `None` if it cannot say.
-    async fn expected_wait(&self, target: &Target, n: u64) -> Option<Duration> {
-        let mut longest = Duration::ZERO;
-        let buckets = std::iter::once(&target.host).chain(target.role.as_ref());
-        for (key, policy) in buckets {
+    /// When the `n`th turn from now would come, by peeking (nothing taken): the tokens a
+    /// bucket can hold now, then one per refill interval for the rest; and no sooner than
+    /// a pause ends. `None` if it cannot say.
+    async fn expected_wait(&self, authority: &str, target: &Target, n: u64) -> Option<Duration> {
+        let mut longest = self
+            .signals
+            .paused_until(authority)
+            .await
+            .and_then(|until| until.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        for (key, policy) in Self::buckets(target) {
             let capacity = policy.quotas().iter().map(|q| q.capacity()).min()?;
-            let peek = self.limiter.peek(key, policy, n.min(capacity)).await.ok()?;
-            if !peek.allowed {
-                longest = longest.max(wait_of(&peek));
-            }
+            let now = n.min(capacity);
+            let peek = self.limiter.peek(&key, &policy, now).await.ok()?;
+            let mut wait = if peek.allowed {
+                Duration::ZERO
+            } else {
+                wait_of(&peek)
+            };
+            // The slowest quota's interval between tokens, for the turns beyond.
+            let interval = policy
+                .quotas()
+                .iter()
+                .map(|q| q.period() / u32::try_from(q.tokens()).unwrap_or(u32::MAX).max(1))
+                .max()?;
+            let beyond = u32::try_from(n - now).unwrap_or(u32::MAX);
+            wait += interval.saturating_mul(beyond);
+            longest = longest.max(wait);
+        }
+        // An AIMD host paces at no more than its highest rate.
+        if let Some(bounds) = &target.aimd {
+            let beyond = u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX);
+            longest = longest.max(Duration::from_secs_f64(1.0 / bounds.max).saturating_mul(beyond));
         }
         Some(longest)
     }
 
     fn queue(&self, authority: &str, role: Option<&str>) -> Arc<Queue> {
         let mut queues = self.queues.lock();
-        // Queues nobody waits in are dropped, so a crawler of many hosts keeps few.
-        if queues.len() > 1024 {
+        // Queues nobody waits in are dropped, so a crawler of many hosts keeps few; the
+        // sweep runs when the map has doubled since the last, so its cost is amortised.
+        if queues.len() > 1024 && queues.len().is_power_of_two() {
             queues.retain(|_, q| Arc::strong_count(q) > 1);
         }
         Arc::clone(

@@ -37,7 +37,7 @@ pub(crate) struct Signals {
 /// How long Redis is left alone after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a pause read or write may take before Redis counts as down.
-const DEADLINE: Duration = Duration::from_millis(250);
+const DEADLINE: Duration = Duration::from_millis(100);
 
 fn key(authority: &str) -> String {
     // One hash tag per host: the key lives on one cluster slot.
@@ -84,6 +84,11 @@ impl Signals {
         let until = until.min(SystemTime::now() + MAX_PAUSE);
         {
             let mut local = self.local.lock();
+            // Ended pauses are forgotten once many hosts have paused.
+            if local.len() > 1024 {
+                let now = SystemTime::now();
+                local.retain(|_, end| *end > now);
+            }
             let entry = local.entry(authority.to_owned()).or_insert(until);
             *entry = (*entry).max(until);
         }

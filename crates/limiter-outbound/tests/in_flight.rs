@@ -149,3 +149,35 @@ async fn a_place_is_held_until_the_response_body_is_read_or_dropped() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_longer_than_its_lease_keeps_its_place() {
+    let redis = TestRedis::start().await;
+    let upstream = Upstream::start(10_000, 10_000, Duration::from_millis(2500)).await;
+    let config = config(
+        "lease_ttl = \"500ms\"\n[[hosts]]\nhost = \"{host}\"\nin_flight = 1\nmax_delay = \"10s\"\nquotas = [{ limit = 1000, period = \"1s\" }]\n",
+        &upstream,
+    );
+    let (a, b) = (
+        client(redis_pacer(&config, &redis.url)),
+        client(redis_pacer(&config, &redis.url)),
+    );
+    let slow = tokio::spawn({
+        let (a, url) = (a.clone(), upstream.url("/slow"));
+        async move { a.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Five lease lifetimes later the first request is still out: the second waits for it.
+    let started = Instant::now();
+    assert_eq!(
+        b.get(upstream.url("/next")).send().await.unwrap().status(),
+        200
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    slow.await.unwrap();
+    assert_eq!(upstream.max_in_flight.load(Ordering::SeqCst), 1);
+}

@@ -180,3 +180,39 @@ async fn retry_after_pauses_the_host() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_already_needs_too_long_fails_at_once_with_the_wait() {
+    let upstream = Upstream::start(1000, 1000, Duration::ZERO).await;
+    let config = config(
+        "[[hosts]]\nhost = \"{host}\"\nquotas = [{ limit = 2, period = \"1s\" }]\nmax_delay = \"1s\"\n",
+        &upstream,
+    );
+    let pacer = memory_pacer(&config);
+    let authority = upstream.authority();
+    // Two turns at once (the burst), then one every half second: 2 more fit in a second.
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        let (pacer, authority) = (pacer.clone(), authority.clone());
+        waiting.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = pacer.acquire(&authority, None).await.map(|_| ());
+            (result, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut refused = 0;
+    for w in waiting {
+        let (result, took) = w.await.unwrap();
+        if let Err(limiter_outbound::OutboundError::TooLongWait(e)) = result {
+            refused += 1;
+            // At once, and saying how long it would have been.
+            assert!(took < Duration::from_millis(300), "{took:?}");
+            assert!(
+                e.retry_after.is_some_and(|w| w > Duration::from_secs(1)),
+                "{e}"
+            );
+        }
+    }
+    assert!((1..=2).contains(&refused), "{refused}");
+}
