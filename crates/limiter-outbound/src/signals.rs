@@ -79,19 +79,8 @@ impl Signals {
         *self.skip_until.lock() = Some(std::time::Instant::now() + BACKOFF);
     }
 
-    /// Pauses `authority` until `until` (at most [`MAX_PAUSE`] from now).
-    pub(crate) async fn pause(&self, authority: &str, until: SystemTime) {
-        let until = until.min(SystemTime::now() + MAX_PAUSE);
-        {
-            let mut local = self.local.lock();
-            // Ended pauses are forgotten once many hosts have paused.
-            if local.len() > 1024 {
-                let now = SystemTime::now();
-                local.retain(|_, end| *end > now);
-            }
-            let entry = local.entry(authority.to_owned()).or_insert(until);
-            *entry = (*entry).max(until);
-        }
+    /// Writes a pause to Redis, if it is there.
+    async fn share(&self, authority: &str, until: SystemTime) {
         if let Some((redis, script)) = self.shared() {
             let sent = async {
                 let mut conn = redis.connection().await.ok()?;
@@ -115,6 +104,22 @@ impl Signals {
                 );
             }
         }
+    }
+
+    /// Pauses `authority` until `until` (at most [`MAX_PAUSE`] from now).
+    pub(crate) async fn pause(&self, authority: &str, until: SystemTime) {
+        let until = until.min(SystemTime::now() + MAX_PAUSE);
+        {
+            let mut local = self.local.lock();
+            // Ended pauses are forgotten once many hosts have paused.
+            if local.len() > 1024 {
+                let now = SystemTime::now();
+                local.retain(|_, end| *end > now);
+            }
+            let entry = local.entry(authority.to_owned()).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+        self.share(authority, until).await;
     }
 
     /// Until when `authority` is paused, if it is: the later of this process's pause and
@@ -153,6 +158,14 @@ impl Signals {
             None => None,
         }
         .filter(|&until| until > now);
+        // A pause this process saw while Redis was away, later than the fleet's: share it
+        // now, so the other workers stop too.
+        if let Some(mine) = local
+            && self.shared().is_some()
+            && shared.is_none_or(|theirs| millis(theirs) < millis(mine))
+        {
+            self.share(authority, mine).await;
+        }
         local.max(shared)
     }
 }

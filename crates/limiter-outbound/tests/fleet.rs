@@ -169,3 +169,51 @@ async fn redis_stopped_mid_run_costs_no_request() {
     let ((ok, too_many, errors), ()) = tokio::join!(run, outage);
     assert_eq!((ok, too_many, errors), (600, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_seen_while_redis_was_down_is_shared_when_it_returns() {
+    let redis = TestRedis::container_on_fixed_port().await;
+    let upstream = Upstream::start(1000, 1000, Duration::ZERO).await;
+    let config = config(
+        "[[hosts]]\nhost = \"{host}\"\nquotas = [{ limit = 1000, period = \"1s\" }]\nmax_delay = \"30s\"\n",
+        &upstream,
+    );
+    let (a, b) = (
+        redis_pacer(&config, &redis.url),
+        redis_pacer(&config, &redis.url),
+    );
+    let authority = upstream.authority();
+    redis.container_handle().stop().await.unwrap();
+    // A is told to pause for 8 s while Redis is away: only A knows.
+    a.pause(
+        &authority,
+        std::time::SystemTime::now() + Duration::from_secs(8),
+    )
+    .await;
+    redis.container_handle().start().await.unwrap();
+    // Once Redis answers again, A's next look at the host shares its pause...
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shared =
+            tokio::time::timeout(Duration::from_millis(100), a.acquire(&authority, None)).await;
+        assert!(shared.is_err(), "A was not paused");
+        let mut conn = redis.raw().await;
+        let stored: Option<u64> = limiter_redis::redis::cmd("GET")
+            .arg(format!("rl:out:{{{authority}}}:paused"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if stored.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pause never reached Redis"
+        );
+    }
+    // ...and B, which never saw the 429, waits too.
+    let waited =
+        tokio::time::timeout(Duration::from_millis(500), b.acquire(&authority, None)).await;
+    assert!(waited.is_err(), "B was not paused");
+}

@@ -33,8 +33,10 @@ pub struct Upstream {
     in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
     pub order: Mutex<Vec<String>>,
-    /// The next request to `/pause` is answered 429 with `Retry-After: 1`.
+    /// The next request to `/pause` is answered 429 with `Retry-After` of this many
+    /// seconds (1 unless set).
     pub pause_next: AtomicBool,
+    pub pause_secs: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
@@ -52,6 +54,7 @@ impl Upstream {
             max_in_flight: AtomicUsize::new(0),
             order: Mutex::new(Vec::new()),
             pause_next: AtomicBool::new(false),
+            pause_secs: std::sync::atomic::AtomicU64::new(1),
         });
         let app = Router::new()
             .fallback(move |state: State<Arc<Upstream>>, request: Request| {
