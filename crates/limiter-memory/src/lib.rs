@@ -33,8 +33,9 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use limiter_core::bucket::Outcome;
 use limiter_core::{
-    Backend, ClientKey, Clock, Decision, Error, MonotonicClock, Policy, RateLimiter,
+    Backend, ClientKey, Clock, Decision, Error, MonotonicClock, Policy, Quota, RateLimiter,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,7 @@ mod key;
 mod shard;
 
 use key::{BucketKey, shard_index};
-use shard::Shard;
+use shard::{Shard, ShardMap};
 
 /// Settings of a [`MemoryLimiter`]: plain serde data an application embeds (`ratelimitd`'s
 /// `[memory]` section).
@@ -167,18 +168,9 @@ impl<C: Clock> MemoryLimiter<C> {
         policy: &Policy,
         cost: u64,
     ) -> Result<Decision, Error> {
-        if policy.is_unlimited() {
-            return Ok(Decision::unlimited());
-        }
-        let quotas = policy.quotas();
-        let client = BucketKey::client(key, policy);
-        let now = self.clock.now_micros();
-        let outcome = self
-            .shard_of(client)
-            .inner
-            .lock()
-            .peek(client, quotas, now, cost)?;
-        Ok(Decision::from_outcome(&outcome, quotas, Backend::Memory))
+        self.on_buckets(key, policy, |map, client, quotas, now| {
+            map.peek(client, quotas, now, cost)
+        })
     }
 
     /// The same refund as [`RateLimiter::refund`], synchronously: `tokens` back to every
@@ -193,17 +185,26 @@ impl<C: Clock> MemoryLimiter<C> {
         policy: &Policy,
         tokens: u64,
     ) -> Result<Decision, Error> {
+        self.on_buckets(key, policy, |map, client, quotas, now| {
+            map.refund(client, quotas, now, tokens)
+        })
+    }
+
+    /// `op` on the client's buckets under `policy`, in their shard, now; its outcome as a
+    /// decision. An unlimited policy is answered without a bucket.
+    fn on_buckets(
+        &self,
+        key: &ClientKey,
+        policy: &Policy,
+        op: impl FnOnce(&mut ShardMap, BucketKey, &[Quota], u64) -> Result<Outcome, Error>,
+    ) -> Result<Decision, Error> {
         if policy.is_unlimited() {
             return Ok(Decision::unlimited());
         }
         let quotas = policy.quotas();
         let client = BucketKey::client(key, policy);
         let now = self.clock.now_micros();
-        let outcome = self
-            .shard_of(client)
-            .inner
-            .lock()
-            .refund(client, quotas, now, tokens)?;
+        let outcome = op(&mut self.shard_of(client).inner.lock(), client, quotas, now)?;
         Ok(Decision::from_outcome(&outcome, quotas, Backend::Memory))
     }
 

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use limiter_redis::RedisLimiter;
+
+use crate::shared::SharedRedis;
 use limiter_redis::redis::Script;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -61,8 +63,6 @@ redis.call('PEXPIRE', KEYS[1], 3600000)
 return {reply, tostring(rate)}
 ";
 
-/// After Redis fails, it is not asked again for this long.
-const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest an AIMD call may take before Redis counts as down.
 const DEADLINE: Duration = Duration::from_millis(100);
 
@@ -79,9 +79,8 @@ struct Local {
 /// Every AIMD host's rate and pace.
 #[derive(Debug)]
 pub(crate) struct Rates {
-    redis: Option<(Arc<RedisLimiter>, Script)>,
+    redis: Option<SharedRedis>,
     hosts: Mutex<HashMap<String, Local>>,
-    skip_until: Mutex<Option<Instant>>,
 }
 
 fn key(authority: &str) -> String {
@@ -111,16 +110,18 @@ impl Op {
 impl Rates {
     pub(crate) fn new(redis: Option<Arc<RedisLimiter>>) -> Self {
         Self {
-            redis: redis.map(|r| (r, Script::new(SCRIPT))),
+            redis: redis.map(|r| SharedRedis::new(r, SCRIPT)),
             hosts: Mutex::new(HashMap::new()),
-            skip_until: Mutex::new(None),
         }
     }
 
     fn shared(&self) -> Option<&(Arc<RedisLimiter>, Script)> {
-        match *self.skip_until.lock() {
-            Some(until) if Instant::now() < until => None,
-            _ => self.redis.as_ref(),
+        self.redis.as_ref().and_then(SharedRedis::get)
+    }
+
+    fn failed(&self) {
+        if let Some(redis) = &self.redis {
+            redis.failed();
         }
     }
 
@@ -148,7 +149,7 @@ impl Rates {
                 Some((wait, rate))
             }
             None => {
-                *self.skip_until.lock() = Some(Instant::now() + BACKOFF);
+                self.failed();
                 None
             }
         }

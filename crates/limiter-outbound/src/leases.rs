@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use limiter_redis::RedisLimiter;
+
+use crate::shared::SharedRedis;
 use limiter_redis::redis::{self, Script};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,8 +19,6 @@ use tokio::time::Instant;
 const LEASE_SCRIPT: &str = include_str!("../../../lua/outbound_lease.lua");
 /// How often a full cap is asked again (a release is not announced).
 const POLL: Duration = Duration::from_millis(10);
-/// After Redis fails, it is not asked again for this long.
-const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a lease call may take before Redis counts as down.
 const DEADLINE: Duration = Duration::from_millis(100);
 
@@ -31,12 +31,11 @@ const TOTAL_KEY: &str = "rl:out:{outbound-leases}:all";
 /// The in-flight caps of every host.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    redis: Option<(Arc<RedisLimiter>, Script)>,
+    redis: Option<SharedRedis>,
     ttl: Duration,
     total: Option<u32>,
     local_total: Option<Arc<Semaphore>>,
     local_hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-    skip_until: Mutex<Option<Instant>>,
     next_id: AtomicU64,
     prefix: String,
 }
@@ -130,26 +129,24 @@ impl Leases {
                 .to_le_bytes();
         }
         Self {
-            redis: redis.map(|r| (r, Script::new(LEASE_SCRIPT))),
+            redis: redis.map(|r| SharedRedis::new(r, LEASE_SCRIPT)),
             ttl,
             total,
             local_total: total.map(|n| Arc::new(Semaphore::new(n as usize))),
             local_hosts: Mutex::new(HashMap::new()),
-            skip_until: Mutex::new(None),
             next_id: AtomicU64::new(0),
             prefix: format!("{}-{:016x}", std::process::id(), u64::from_le_bytes(salt)),
         }
     }
 
     fn shared(&self) -> Option<&(Arc<RedisLimiter>, Script)> {
-        match *self.skip_until.lock() {
-            Some(until) if Instant::now() < until => None,
-            _ => self.redis.as_ref(),
-        }
+        self.redis.as_ref().and_then(SharedRedis::get)
     }
 
     fn failed(&self) {
-        *self.skip_until.lock() = Some(Instant::now() + BACKOFF);
+        if let Some(redis) = &self.redis {
+            redis.failed();
+        }
     }
 
     /// A lease under `authority`'s cap (`None`: uncapped) and the cap on all, waiting until

@@ -47,6 +47,7 @@ mod leases;
 mod middleware;
 mod pacer;
 mod plan;
+mod shared;
 mod signals;
 
 pub use config::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use limiter_core::{ClientKey, Decision, Error, Policy, RateLimiter};
+use limiter_core::{Decision, Error, RateLimiter};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -198,9 +198,9 @@ impl Pacer {
     }
 
     /// Gives back the tokens of one turn, best effort.
-    async fn give_back(&self, authority: &str, target: &Target) {
-        for (key, policy) in Self::buckets(target) {
-            if let Err(e) = self.limiter.refund(&key, &policy, 1).await {
+    async fn give_back(&self, authority: &str, target: &Target<'_>) {
+        for (key, policy) in target.buckets() {
+            if let Err(e) = self.limiter.refund(&key, policy, 1).await {
                 tracing::debug!(host = authority, error = %e, "token not given back");
             }
         }
@@ -214,23 +214,14 @@ impl Pacer {
         self.signals.pause(authority, until).await;
     }
 
-    /// The buckets one turn takes a token from: the role's, then the host's (an AIMD
-    /// host's pace comes after them, in [`Rates`]).
-    fn buckets(target: &Target) -> Vec<(ClientKey, Policy)> {
-        let mut buckets: Vec<(ClientKey, Policy)> = target.role.iter().cloned().collect();
-        buckets.push(target.host.clone());
-        buckets
-    }
-
     /// Takes a token from every bucket of a turn, all or none: `None` when taken, else how
     /// long until they could be. Whatever happens after the first is taken (a denial, an
     /// error), the tokens taken go back, best effort.
-    async fn take(&self, authority: &str, target: &Target) -> Result<Option<Duration>, Error> {
-        let buckets = Self::buckets(target);
+    async fn take(&self, authority: &str, target: &Target<'_>) -> Result<Option<Duration>, Error> {
         let mut outcome = Ok(None);
         let mut taken = 0;
-        for (key, policy) in &buckets {
-            match self.limiter.check(key, policy, 1).await {
+        for (key, policy) in target.buckets() {
+            match self.limiter.check(&key, policy, 1).await {
                 Ok(d) if d.allowed => taken += 1,
                 Ok(d) => {
                     outcome = Ok(Some(wait_of(&d)));
@@ -249,8 +240,8 @@ impl Pacer {
             outcome = Ok(Some(wait.max(Duration::from_millis(1))));
         }
         if !matches!(outcome, Ok(None)) {
-            for (key, policy) in &buckets[..taken] {
-                if let Err(e) = self.limiter.refund(key, policy, 1).await {
+            for (key, policy) in target.buckets().take(taken) {
+                if let Err(e) = self.limiter.refund(&key, policy, 1).await {
                     tracing::debug!(host = authority, error = %e, "token not given back");
                 }
             }
@@ -271,17 +262,22 @@ impl Pacer {
     /// When the `n`th turn from now would come, by peeking (nothing taken): the tokens a
     /// bucket can hold now, then one per refill interval for the rest; and no sooner than
     /// a pause ends. `None` if it cannot say.
-    async fn expected_wait(&self, authority: &str, target: &Target, n: u64) -> Option<Duration> {
+    async fn expected_wait(
+        &self,
+        authority: &str,
+        target: &Target<'_>,
+        n: u64,
+    ) -> Option<Duration> {
         let mut longest = self
             .signals
             .paused_until(authority)
             .await
             .and_then(|until| until.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
-        for (key, policy) in Self::buckets(target) {
+        for (key, policy) in target.buckets() {
             let capacity = policy.quotas().iter().map(|q| q.capacity()).min()?;
             let now = n.min(capacity);
-            let peek = self.limiter.peek(&key, &policy, now).await.ok()?;
+            let peek = self.limiter.peek(&key, policy, now).await.ok()?;
             let mut wait = if peek.allowed {
                 Duration::ZERO
             } else {

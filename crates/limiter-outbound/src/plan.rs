@@ -7,18 +7,27 @@ use limiter_core::{ClientKey, ClientKeyHasher, Error, Policy};
 
 use crate::config::{Aimd, HostConfig, OutboundConfig};
 
-/// What one request to a host, in a role, is checked against.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
+/// What one request to a host, in a role, is checked against (the plan's policies,
+/// borrowed: nothing is copied per request).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Target<'a> {
     /// The host's bucket: shared by every role of the host, fleet-wide.
-    pub(crate) host: (ClientKey, Policy),
+    pub(crate) host: (ClientKey, &'a Policy),
     /// The role's bucket, when the role has quotas of its own.
-    pub(crate) role: Option<(ClientKey, Policy)>,
+    pub(crate) role: Option<(ClientKey, &'a Policy)>,
     pub(crate) max_delay: Duration,
     /// The host's in-flight cap.
     pub(crate) in_flight: Option<u32>,
     /// The host's AIMD bounds, when its rate adapts.
     pub(crate) aimd: Option<Aimd>,
+}
+
+impl<'a> Target<'a> {
+    /// The buckets a turn takes a token from: the role's, then the host's (an AIMD host's
+    /// pace comes after them).
+    pub(crate) fn buckets(&self) -> impl Iterator<Item = (ClientKey, &'a Policy)> + use<'a> {
+        self.role.into_iter().chain(std::iter::once(self.host))
+    }
 }
 
 #[derive(Debug)]
@@ -86,11 +95,11 @@ impl Plan {
     }
 
     /// What a request to `authority` in `role` is checked against.
-    pub(crate) fn target(&self, authority: &str, role: Option<&str>) -> Target {
+    pub(crate) fn target(&self, authority: &str, role: Option<&str>) -> Target<'_> {
         let host_key = self.hasher.hash(format!("host|{authority}"));
         let Some(plan) = self.host(authority) else {
             return Target {
-                host: (host_key, self.defaults.0.clone()),
+                host: (host_key, &self.defaults.0),
                 role: None,
                 max_delay: self.defaults.1,
                 in_flight: self.default_in_flight,
@@ -99,12 +108,9 @@ impl Plan {
         };
         let role_plan = role.and_then(|r| Some((r, plan.roles.get(r)?)));
         Target {
-            host: (host_key, plan.policy.clone()),
+            host: (host_key, &plan.policy),
             role: role_plan.map(|(name, (policy, _))| {
-                (
-                    self.hasher.hash(format!("role|{authority}|{name}")),
-                    policy.clone(),
-                )
+                (self.hasher.hash(format!("role|{authority}|{name}")), policy)
             }),
             max_delay: role_plan.map_or(plan.max_delay, |(_, (_, delay))| *delay),
             in_flight: plan.in_flight,

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use limiter_redis::RedisLimiter;
+
+use crate::shared::SharedRedis;
 use limiter_redis::redis::{self, Script};
 use parking_lot::Mutex;
 
@@ -28,14 +30,9 @@ return 1
 #[derive(Debug)]
 pub(crate) struct Signals {
     local: Mutex<HashMap<String, SystemTime>>,
-    redis: Option<(Arc<RedisLimiter>, Script)>,
-    /// After Redis fails, it is not asked again until then: a request never waits on a
-    /// Redis that is down (the limiter's fallback decides meanwhile).
-    skip_until: Mutex<Option<std::time::Instant>>,
+    redis: Option<SharedRedis>,
 }
 
-/// How long Redis is left alone after a failure.
-const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a pause read or write may take before Redis counts as down.
 const DEADLINE: Duration = Duration::from_millis(100);
 
@@ -54,29 +51,24 @@ impl Signals {
         Self {
             local: Mutex::new(HashMap::new()),
             redis: None,
-            skip_until: Mutex::new(None),
         }
     }
 
     pub(crate) fn redis(redis: Arc<RedisLimiter>) -> Self {
         Self {
             local: Mutex::new(HashMap::new()),
-            redis: Some((redis, Script::new(PAUSE_SCRIPT))),
-            skip_until: Mutex::new(None),
+            redis: Some(SharedRedis::new(redis, PAUSE_SCRIPT)),
         }
     }
 
-    /// Redis, unless it failed within [`BACKOFF`].
     fn shared(&self) -> Option<&(Arc<RedisLimiter>, Script)> {
-        let skip = *self.skip_until.lock();
-        match skip {
-            Some(until) if std::time::Instant::now() < until => None,
-            _ => self.redis.as_ref(),
-        }
+        self.redis.as_ref().and_then(SharedRedis::get)
     }
 
     fn failed(&self) {
-        *self.skip_until.lock() = Some(std::time::Instant::now() + BACKOFF);
+        if let Some(redis) = &self.redis {
+            redis.failed();
+        }
     }
 
     /// Writes a pause to Redis, if it is there.

@@ -35,6 +35,15 @@ const FLUSH: Duration = Duration::from_secs(1);
 /// The longest a fleet operation on Redis may take before it counts as unavailable.
 const DEADLINE: Duration = Duration::from_secs(2);
 
+/// `operation` bounded by [`DEADLINE`]: no answer in time is an unavailable store.
+async fn within<T>(
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(DEADLINE, operation)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("no answer in time".into())))
+}
+
 /// Why a rule write failed.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -149,9 +158,7 @@ impl Fleet {
 
     /// The stored document, or the seeds (version 0) when nothing is stored.
     async fn stored(&self) -> Result<Document, StoreError> {
-        let loaded = tokio::time::timeout(DEADLINE, self.store.load())
-            .await
-            .map_err(|_| StoreError::Unavailable("no answer in time".into()))??;
+        let loaded = within(self.store.load()).await?;
         Ok(loaded.unwrap_or_else(|| self.seeded()))
     }
 
@@ -263,9 +270,7 @@ impl Fleet {
 
     /// The audit log's newest `limit` entries.
     pub(crate) async fn changes(&self, limit: usize) -> Result<Vec<Change>, StoreError> {
-        tokio::time::timeout(DEADLINE, self.store.changes(limit))
-            .await
-            .map_err(|_| StoreError::Unavailable("no answer in time".into()))?
+        within(self.store.changes(limit)).await
     }
 
     /// The rules' part of `/health/ready`: `ok`, or `stale` while the store cannot be read
@@ -319,10 +324,9 @@ impl Fleet {
                     }
                 }
             }
-            let version = tokio::time::timeout(DEADLINE, redis.version()).await;
             let held = self.rules.current().version();
-            let result = match version {
-                Ok(Ok(v)) if v == held && v > 0 => {
+            let result = match within(redis.version()).await {
+                Ok(v) if v == held && v > 0 => {
                     let mut status = self.status.lock();
                     status.confirmed_ms = Some(now_ms());
                     status.error = None;
@@ -330,9 +334,8 @@ impl Fleet {
                 }
                 // Another version, or none stored: load it (an empty store gets back the
                 // rules this worker holds, if any).
-                Ok(Ok(_)) => self.refresh().await,
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(StoreError::Unavailable("no answer in time".into())),
+                Ok(_) => self.refresh().await,
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 let mut status = self.status.lock();
@@ -359,9 +362,7 @@ impl Fleet {
             before: Value::Null,
             after: summary(&document),
         };
-        let stored = tokio::time::timeout(DEADLINE, self.store.store(0, &document, &change))
-            .await
-            .map_err(|_| StoreError::Unavailable("no answer in time".into()))?;
+        let stored = within(self.store.store(0, &document, &change)).await;
         match stored {
             Ok(()) => {
                 tracing::warn!(
@@ -416,9 +417,7 @@ impl Fleet {
         keep: &(dyn Fn(&Violation) -> bool + Sync),
     ) -> Result<Vec<Violation>, StoreError> {
         match &self.redis {
-            Some(redis) => tokio::time::timeout(DEADLINE, redis.violations(since_ms, limit, keep))
-                .await
-                .map_err(|_| StoreError::Unavailable("no answer in time".into()))?,
+            Some(redis) => within(redis.violations(since_ms, limit, keep)).await,
             None => Ok(self
                 .records
                 .local
@@ -450,9 +449,7 @@ impl Fleet {
         let buckets: Vec<std::collections::HashMap<String, u64>> = match &self.redis {
             Some(redis) => {
                 let keys: Vec<String> = starts.iter().map(|&s| stats_key(granularity, s)).collect();
-                tokio::time::timeout(DEADLINE, redis.buckets(&keys))
-                    .await
-                    .map_err(|_| StoreError::Unavailable("no answer in time".into()))??
+                within(redis.buckets(&keys)).await?
             }
             None => {
                 let local = self.records.local.lock();
