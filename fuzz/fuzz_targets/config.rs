@@ -68,6 +68,8 @@ fuzz_target!(|data: &[u8]| {
         admin_token: None,
         admin_listen: None,
         rules_file: None,
+        grpc_listen: None,
+        rls_config: None,
         command: None,
     };
     let Ok(config) = Config::load(&cli) else {

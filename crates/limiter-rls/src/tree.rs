@@ -161,8 +161,9 @@ impl Limit {
         self.detailed_metric
     }
 
-    /// Where it sits in the tree, as the reference service names its statistics: each level
-    /// `key` or `key_value`, joined by `.` (the file's text, never a request's).
+    /// Where it sits in the tree, much as the reference service names its statistics: each
+    /// level `key`, or `key_` and a short hash of the value (never a value itself: a value
+    /// may be a client's ID or key), joined by `.`.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -345,10 +346,7 @@ impl Builder<'_> {
             if let Some(first) = seen.insert((entry.key.as_str(), value), i) {
                 return Err(self.err(here, format!("the same key and value as {field}[{first}]")));
             }
-            let step = match value {
-                Some(v) => format!("{}_{v}", entry.key),
-                None => entry.key.clone(),
-            };
+            let step = step(&entry.key, value);
             let path = if path.is_empty() {
                 step
             } else {
@@ -468,6 +466,16 @@ impl Builder<'_> {
     }
 }
 
+/// One level of a limit's path: `key`, or `key_` and the first 8 hex digits of the
+/// value's SHA-256. A value written in the file may itself identify a client (an API key
+/// given a limit of its own), and paths become storage keys and metric labels.
+fn step(key: &str, value: Option<&str>) -> String {
+    match value {
+        Some(v) => format!("{key}_{}", hex::encode(&Sha256::digest(v.as_bytes())[..4])),
+        None => key.to_owned(),
+    }
+}
+
 /// Domains, keys and values: 1 to [`MAX_NAME_LEN`] bytes, no control characters (they
 /// end up in logs and metric labels).
 fn check_text(origin: &str, field: &str, text: &str) -> Result<(), ConfigError> {
@@ -561,30 +569,36 @@ descriptors:
         d.find(entries.iter().copied()).map(|l| l.path().to_owned())
     }
 
+    /// The path of the entries `levels` (key, value as written in the file).
+    fn at(levels: &[(&str, Option<&str>)]) -> Option<String> {
+        let steps: Vec<String> = levels.iter().map(|(k, v)| step(k, *v)).collect();
+        Some(steps.join("."))
+    }
+
     #[test]
     fn exact_values_win_over_prefixes_and_prefixes_over_the_key_alone() {
         let d = edge();
         assert_eq!(
-            path(&d, &[("path", "/login")]).as_deref(),
-            Some("path_/login")
+            path(&d, &[("path", "/login")]),
+            at(&[("path", Some("/login"))])
         );
         assert_eq!(
-            path(&d, &[("path", "/api/v2/users")]).as_deref(),
-            Some("path_/api/v2*")
+            path(&d, &[("path", "/api/v2/users")]),
+            at(&[("path", Some("/api/v2*"))])
         );
         assert_eq!(
-            path(&d, &[("path", "/api/v1")]).as_deref(),
-            Some("path_/api/*")
+            path(&d, &[("path", "/api/v1")]),
+            at(&[("path", Some("/api/*"))])
         );
-        assert_eq!(path(&d, &[("path", "/other")]).as_deref(), Some("path"));
+        assert_eq!(path(&d, &[("path", "/other")]), at(&[("path", None)]));
     }
 
     #[test]
     fn nested_entries_match_only_the_whole_descriptor() {
         let d = edge();
         assert_eq!(
-            path(&d, &[("path", "/login"), ("remote_address", "10.0.0.1")]).as_deref(),
-            Some("path_/login.remote_address")
+            path(&d, &[("path", "/login"), ("remote_address", "10.0.0.1")]),
+            at(&[("path", Some("/login")), ("remote_address", None)])
         );
         // Deeper than the tree, a key the level lacks, or a level with no limit: none.
         assert_eq!(path(&d, &[("remote_address", "a"), ("x", "y")]), None);
@@ -593,6 +607,12 @@ descriptors:
         assert_eq!(
             path(&d, &[("header_match", "a"), ("remote_address", "b")]).as_deref(),
             Some("header_match.remote_address")
+        );
+        // Values written in the file never appear in a path (they may be clients' keys).
+        assert!(
+            !path(&d, &[("user", "internal")])
+                .unwrap()
+                .contains("internal")
         );
         assert_eq!(d.find(std::iter::empty::<(&str, &str)>()), None);
     }
@@ -609,8 +629,10 @@ descriptors:
             }
         );
         assert_eq!(login.policy().quotas()[0].capacity(), 5);
-        // `/` is not allowed in a policy name: made safe, and told apart by a hash.
-        assert!(login.rule().name().starts_with("rls.edge.path__login-"));
+        assert_eq!(
+            login.rule().name(),
+            format!("rls.edge.{}", at(&[("path", Some("/login"))]).unwrap())
+        );
         assert!(!login.shadow());
         assert_eq!(
             d.find([("user", "internal")]).unwrap().allowance(),

@@ -1,9 +1,11 @@
 //! The service built from a [`Config`]: its backend, identity, state and routes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use limiter_core::Tier;
 use limiter_fallback::{DenyCache, Fallback, OutagePolicy};
@@ -15,7 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::fleet::Fleet;
 use crate::routes::admin::AdminAuth;
 use crate::state::{AppState, Backend};
-use crate::{HttpLimits, routes, telemetry};
+use crate::{HttpLimits, grpc, routes, telemetry};
 
 /// A built service: its router and the switches `main` flips.
 #[derive(Clone, Debug)]
@@ -24,6 +26,9 @@ pub struct App {
     router: Router,
     /// The admin API, when it has an address of its own.
     admin_router: Option<Router>,
+    /// Envoy's rate limit service, when `grpc_listen` turns it on; and the config to
+    /// watch for changes.
+    rls: Option<(grpc::Rls, Option<PathBuf>)>,
 }
 
 impl App {
@@ -35,6 +40,7 @@ impl App {
     /// A [`ConfigError`] naming the setting a part refused.
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
         let identity = config.check_own()?;
+        let descriptors = config.rls()?;
         let hasher = config.hasher()?;
         let backend = backend(config)?;
         let limiter = backend.limiter();
@@ -59,6 +65,7 @@ impl App {
             metrics: telemetry::prometheus(),
             started: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
+            phase: Arc::new(tokio::sync::Notify::new()),
             fleet,
             admin,
             addresses: config.addresses()?,
@@ -68,10 +75,19 @@ impl App {
         let admin_router = separate
             .then(|| routes::admin::router(state.clone()))
             .flatten();
+        let rls = config.grpc_listen.map(|_| {
+            let rls = grpc::Rls {
+                state: state.clone(),
+                config: Arc::new(ArcSwap::from_pointee(descriptors)),
+                headers: config.rls_response_headers,
+            };
+            (rls, config.rls_config.clone())
+        });
         Ok(Self {
             state,
             router,
             admin_router,
+            rls,
         })
     }
 
@@ -85,6 +101,23 @@ impl App {
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// Serves Envoy's rate limit service and the gRPC health service on `listener` until
+    /// `shutdown` resolves, reloading the descriptor config when it changes; at once
+    /// `Ok` when `grpc_listen` is not set.
+    ///
+    /// # Errors
+    /// The gRPC server's, when it cannot serve.
+    pub async fn serve_grpc(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        match &self.rls {
+            Some((rls, watch)) => grpc::serve(listener, rls.clone(), watch.clone(), shutdown).await,
+            None => Ok(()),
+        }
     }
 
     /// Opens the backend's connections (within `[fallback] warm_up_ms`), then reports
@@ -102,11 +135,13 @@ impl App {
             }
         }
         self.state.started.store(true, Ordering::Release);
+        self.state.phase.notify_waiters();
     }
 
     /// From now on readiness says `draining`, so balancers stop sending new requests.
     pub fn drain(&self) {
         self.state.draining.store(true, Ordering::Release);
+        self.state.phase.notify_waiters();
     }
 
     /// The HTTP server's limits from `config`, for [`serve`](crate::serve).

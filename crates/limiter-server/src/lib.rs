@@ -2,11 +2,12 @@
 //!
 //! `POST /v1/check` decides for a client ID; `GET /v1/whoami` is a route guarded by the
 //! `limiter-http` middleware; `/metrics` is Prometheus text; `/health/{live,ready,startup}`
-//! are the probes. See [`Config`] for every setting and `docs/ratelimitd.md` for the API.
+//! are the probes; with `grpc_listen`, Envoy's rate limit service answers over gRPC. See [`Config`] for every setting and `docs/ratelimitd.md` for the API.
 
 mod app;
 pub mod config;
 mod fleet;
+mod grpc;
 mod problem;
 mod routes;
 pub mod serve;

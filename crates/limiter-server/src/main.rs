@@ -81,6 +81,16 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => None,
     };
+    let grpc = match config.grpc_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("grpc_listen: cannot bind {at}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "rate limit service (gRPC) listening");
+            Some(listener)
+        }
+        None => None,
+    };
     let main_stop = async {
         shutdown(app.clone(), grace).await;
         let _ = stopping.send(true);
@@ -92,9 +102,22 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             None => Ok(()),
         }
     };
-    let (served, admin_served, ()) = tokio::join!(server, admin, app.start());
+    let grpc = async {
+        match grpc {
+            Some(listener) => {
+                let mut stopped = stopped.clone();
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                app.serve_grpc(listener, stop).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (served, admin_served, grpc_served, ()) = tokio::join!(server, admin, grpc, app.start());
     served?;
     admin_served?;
+    grpc_served?;
     tracing::info!("stopped");
     Ok(())
 }

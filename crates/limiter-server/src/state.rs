@@ -51,6 +51,8 @@ pub struct AppState {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) started: Arc<AtomicBool>,
     pub(crate) draining: Arc<AtomicBool>,
+    /// Woken when `started` or `draining` changes, for those that follow readiness.
+    pub(crate) phase: Arc<tokio::sync::Notify>,
     /// Rules, statistics, violations: what the fleet shares besides buckets.
     pub(crate) fleet: Arc<Fleet>,
     /// The admin API's tokens; `None`: the admin API is off.

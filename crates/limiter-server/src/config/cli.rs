@@ -42,6 +42,14 @@ pub struct Cli {
     /// [default: ratelimitd.rules.json]
     #[arg(long, value_name = "PATH")]
     pub rules_file: Option<PathBuf>,
+    /// Serve Envoy's rate limit service (gRPC) on this address; unset: off
+    /// [env: RATELIMIT_GRPC_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// The rate limit service's descriptor config: a YAML file or a directory of them, one
+    /// domain per file, reloaded when it changes [env: RATELIMIT_RLS_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub rls_config: Option<PathBuf>,
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -113,6 +113,14 @@ pub struct Config {
     pub admin: AdminSection,
     /// This worker's name in violations; default: the host name and the process ID.
     pub worker_name: Option<String>,
+    /// Serve Envoy's rate limit service (gRPC) on this address; unset: off.
+    pub grpc_listen: Option<SocketAddr>,
+    /// The rate limit service's descriptor config: a YAML file, or a directory of them
+    /// (one domain per file), reloaded when it changes.
+    pub rls_config: Option<PathBuf>,
+    /// Add the rate-limit headers (`RateLimit`, `X-RateLimit-*`, `Retry-After`) to the rate
+    /// limit service's answers, for Envoy to send to the client. Default true.
+    pub rls_response_headers: bool,
 }
 
 impl Default for Config {
@@ -143,6 +151,9 @@ impl Default for Config {
             rules: Vec::new(),
             admin: AdminSection::default(),
             worker_name: None,
+            grpc_listen: None,
+            rls_config: None,
+            rls_response_headers: true,
         }
     }
 }
@@ -196,13 +207,14 @@ impl ConfigError {
 }
 
 /// Top-level string settings read from the environment verbatim.
-const STRING_VARS: [&str; 6] = [
+const STRING_VARS: [&str; 7] = [
     "HASH_SECRET",
     "REDIS_URL",
     "API_KEY_HEADER",
     "ADMIN_TOKEN",
     "RULES_FILE",
     "WORKER_NAME",
+    "RLS_CONFIG",
 ];
 
 /// Only the flags that were given, so that absent ones leave lower layers alone.
@@ -222,6 +234,10 @@ struct Overrides<'a> {
     admin_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rules_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rls_config: Option<&'a Path>,
 }
 
 impl Config {
@@ -272,6 +288,8 @@ impl Config {
                 admin_token: cli.admin_token.as_deref(),
                 admin_listen: cli.admin_listen,
                 rules_file: cli.rules_file.as_deref(),
+                grpc_listen: cli.grpc_listen,
+                rls_config: cli.rls_config.as_deref(),
             }))
             .extract()
             .map_err(|e| ConfigError(describe(&e)))?;
@@ -300,7 +318,26 @@ impl Config {
         }
         self.fallback.validate()?;
         self.seed_rules()?;
+        self.rls()?;
         Ok(())
+    }
+
+    /// The rate limit service's descriptor config as `rls_config` names it (none: every
+    /// domain unknown, which limits nothing).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and field; `rls_config` without `grpc_listen`.
+    pub(crate) fn rls(&self) -> Result<limiter_rls::RlsConfig, ConfigError> {
+        match (&self.rls_config, &self.grpc_listen) {
+            (None, _) => Ok(limiter_rls::RlsConfig::default()),
+            (Some(_), None) => Err(ConfigError::field(
+                "rls_config",
+                "set grpc_listen (--grpc-listen or RATELIMIT_GRPC_LISTEN) too: the descriptor config is served over gRPC",
+            )),
+            (Some(path), Some(_)) => {
+                limiter_rls::RlsConfig::load(path).map_err(|e| ConfigError::field("rls_config", e))
+            }
+        }
     }
 
     /// The `[[rules]]` of the file, validated (an API key hashed at once).

@@ -114,6 +114,28 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The address of the rate limit service (gRPC), once it logged it.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let logs = self.logs();
+            let found = logs.lines().find_map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).ok()?;
+                (event["message"] == "rate limit service (gRPC) listening")
+                    .then(|| event["addr"].as_str()?.parse().ok())
+                    .flatten()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gRPC service did not start; output:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
