@@ -18,6 +18,12 @@ pub(crate) enum BackendKind {
     Fallback,
     /// HTTP requests to `--url`: 2xx is allowed, 429 denied, anything else an error.
     Http,
+    /// `POST /v1/check` of `ratelimitd` at `--url` (its base URL), one client per key:
+    /// `"allowed": true` is allowed.
+    Check,
+    /// Envoy's `ShouldRateLimit` (gRPC) at `--url` (`http://host:port`): one descriptor,
+    /// `client` = one value per key, in `--domain`, over `--grpc-connections`.
+    Grpc,
     /// `PING` through the Redis backend's connections instead of a check: the round-trip
     /// floor of the same client, to compare latencies with.
     RedisPing,
@@ -33,8 +39,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
     pub(crate) redis_url: String,
     /// URL to request, for the http backend (repeat to spread requests over several).
-    #[arg(long = "url", value_name = "URL", required_if_eq("backend", "http"))]
+    #[arg(long = "url", value_name = "URL", required_if_eq_any([("backend", "http"), ("backend", "check"), ("backend", "grpc")]))]
     pub(crate) urls: Vec<String>,
+    /// HTTP/2 connections the grpc backend's tasks share (Envoy multiplexes its calls to
+    /// the rate limit service over one connection per worker thread).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) grpc_connections: usize,
+    /// The rate limit service's domain, for the grpc backend.
+    #[arg(long, default_value = "bench")]
+    pub(crate) domain: String,
     /// Sent as `X-API-Key` on every HTTP request.
     #[arg(long, value_name = "KEY")]
     pub(crate) api_key: Option<String>,

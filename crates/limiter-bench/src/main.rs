@@ -37,8 +37,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    if args.backend != BackendKind::Http && !args.urls.is_empty() {
-        eprintln!("limiter-bench: --url is for --backend http");
+    let over_the_wire = matches!(
+        args.backend,
+        BackendKind::Http | BackendKind::Check | BackendKind::Grpc
+    );
+    if !over_the_wire && !args.urls.is_empty() {
+        eprintln!("limiter-bench: --url is for --backend http, check or grpc");
         return ExitCode::from(2);
     }
     if args.concurrency == 0 || duration.is_zero() || args.keys == 0 || args.cost == 0 {

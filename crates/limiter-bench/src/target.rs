@@ -1,12 +1,19 @@
-//! What a load task drives: a limiter, a bare `PING`, or URLs over HTTP.
+//! What a load task drives: a limiter, a bare `PING`, URLs over HTTP, `ratelimitd`'s
+//! JSON check, or Envoy's rate limit service over gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use limiter_core::{ClientKey, Policy, Quota, RateLimiter};
 use limiter_fallback::{Fallback, FallbackConfig};
 use limiter_memory::{MemoryConfig, MemoryLimiter};
 use limiter_redis::{RedisConfig, RedisLimiter};
+use tonic::transport::Channel;
 
 use crate::args::{Args, BackendKind};
 
@@ -16,6 +23,10 @@ pub(crate) enum Target {
     Limiter(Arc<dyn RateLimiter>, Arc<Policy>),
     Ping(Arc<RedisLimiter>),
     Http(reqwest::Client, Arc<[String]>, Option<Arc<str>>),
+    /// `POST {url}/v1/check`.
+    Check(reqwest::Client, Arc<str>),
+    /// Clients (one HTTP/2 connection each) shared by the tasks, and the domain.
+    Grpc(Arc<[RateLimitServiceClient<Channel>]>, Arc<str>),
 }
 
 pub(crate) enum Outcome {
@@ -58,6 +69,33 @@ pub(crate) async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimi
                 .map_err(|e| format!("http client: {e}"))?;
             let key = args.api_key.as_deref().map(Arc::from);
             return Ok((Target::Http(http, args.urls.clone().into(), key), None));
+        }
+        BackendKind::Check => {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .pool_max_idle_per_host(args.concurrency)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?;
+            let url = format!("{}/v1/check", args.urls[0].trim_end_matches('/'));
+            return Ok((Target::Check(http, url.into()), None));
+        }
+        BackendKind::Grpc => {
+            let connections = args.grpc_connections.clamp(1, args.concurrency);
+            let mut clients = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                let channel = Channel::from_shared(args.urls[0].clone())
+                    .map_err(|e| format!("--url: {e}"))?
+                    .timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .map_err(|e| format!("grpc: cannot connect to {}: {e}", args.urls[0]))?;
+                clients.push(RateLimitServiceClient::new(channel));
+            }
+            return Ok((
+                Target::Grpc(clients.into(), args.domain.as_str().into()),
+                None,
+            ));
         }
         BackendKind::RedisPing => {
             let redis = redis()?;
@@ -122,6 +160,48 @@ impl Target {
                     Err(_) => Outcome::Error,
                 }
             }
+            Target::Check(http, url) => {
+                let body = format!("{{\"client\":\"bench-{}\"}}", i % keys + 1);
+                let sent = http
+                    .post(&**url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(res) if res.status() == 200 => match res.bytes().await {
+                        Ok(b) if contains(&b, b"\"allowed\":true") => Outcome::Allowed,
+                        Ok(_) => Outcome::Denied,
+                        Err(_) => Outcome::Error,
+                    },
+                    _ => Outcome::Error,
+                }
+            }
+            Target::Grpc(clients, domain) => {
+                // Task `t` sends checks `t`, `t + concurrency`, …: always on one connection.
+                let which = usize::try_from(i % clients.len() as u64).unwrap_or(0);
+                let mut client = clients[which].clone();
+                let request = RateLimitRequest {
+                    domain: domain.to_string(),
+                    descriptors: vec![RateLimitDescriptor {
+                        entries: vec![Entry {
+                            key: "client".to_owned(),
+                            value: format!("bench-{}", i % keys + 1),
+                        }],
+                        ..RateLimitDescriptor::default()
+                    }],
+                    hits_addend: 0,
+                };
+                match client.should_rate_limit(request).await {
+                    Ok(res) if res.get_ref().overall_code == Code::Ok as i32 => Outcome::Allowed,
+                    Ok(_) => Outcome::Denied,
+                    Err(_) => Outcome::Error,
+                }
+            }
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
