@@ -55,6 +55,8 @@ struct Decided<'a> {
     answered: bool,
     /// Tokens were taken, to give back if another descriptor denies the request.
     taken: bool,
+    /// A check (not a peek or a refund): what statistics count.
+    checked: bool,
 }
 
 /// The gRPC rate limit service over the service's limiter.
@@ -153,7 +155,9 @@ impl Rls {
             ));
         }
         for outcome in &decided {
-            if let Outcome::Decided(d) = outcome {
+            if let Outcome::Decided(d) = outcome
+                && d.checked
+            {
                 self.record(domain, d);
             }
         }
@@ -193,7 +197,7 @@ impl Rls {
             // `requests_per_unit: 0`: always over, no bucket to ask.
             let decision = over_capacity(0, unit);
             return Ok(Outcome::Decided(decided(
-                limit, key, cost, decision, false, enforce,
+                limit, key, cost, decision, asked, enforce,
             )));
         }
         let limiter = &*self.state.limiter;
@@ -212,9 +216,8 @@ impl Rls {
             Err(Error::InsufficientCapacity { capacity, .. }) => over_capacity(capacity, unit),
             Err(e) => return Err(e),
         };
-        let taken = asked == Asked::Check && decision.allowed;
         Ok(Outcome::Decided(decided(
-            limit, key, cost, decision, taken, enforce,
+            limit, key, cost, decision, asked, enforce,
         )))
     }
 
@@ -311,10 +314,11 @@ fn decided<'a>(
     key: ClientKey,
     cost: u64,
     decision: Decision,
-    taken: bool,
+    asked: Asked,
     enforce: bool,
 ) -> Decided<'a> {
     let over = !decision.allowed;
+    let checked = asked == Asked::Check;
     Decided {
         limit,
         key,
@@ -322,7 +326,8 @@ fn decided<'a>(
         decision,
         over,
         answered: over && enforce && !limit.shadow(),
-        taken,
+        taken: checked && decision.allowed,
+        checked,
     }
 }
 
