@@ -318,6 +318,18 @@ async fn descriptors_are_answered_as_the_config_says() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
+    // A request larger than any Envoy sends is refused unread (64 KiB).
+    let huge = "x".repeat(100_000);
+    let e = rls
+        .should_rate_limit(request(
+            "edge",
+            vec![descriptor(&[("remote_address", &huge)])],
+            0,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+
     // Counted by descriptor (the config's path, never a request's value), on Redis.
     let text = metrics(&http, &server).await;
     for line in [

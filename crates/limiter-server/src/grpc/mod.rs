@@ -21,6 +21,10 @@ mod service;
 
 pub(crate) use service::Rls;
 
+/// The largest `ShouldRateLimit` request read, in bytes (Envoy's are a few hundred; tonic's
+/// default would read 4 MiB from anyone).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// The descriptor config in force, swapped whole on reload.
 pub(crate) type LiveConfig = Arc<ArcSwap<RlsConfig>>;
 
@@ -38,7 +42,7 @@ pub(crate) async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(RateLimitServiceServer::new(rls))
+        .add_service(RateLimitServiceServer::new(rls).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     following.abort();
