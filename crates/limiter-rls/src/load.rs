@@ -40,10 +40,19 @@ impl RlsConfig {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
                 let yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
-                // Kubernetes mounts a ConfigMap as symbolic links: follow them.
-                if yaml && !name.starts_with('.') && fs::metadata(&file).is_ok_and(|m| m.is_file())
-                {
-                    files.push(file);
+                if !yaml || name.starts_with('.') {
+                    continue;
+                }
+                // Kubernetes mounts a ConfigMap as symbolic links: follow them. A file that
+                // cannot be looked at is an error, not a domain silently gone.
+                match fs::metadata(&file) {
+                    Ok(m) if m.is_file() => files.push(file),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // a dangling link
+                    Err(e) => {
+                        let shown = file.display().to_string();
+                        return Err(ConfigError::new(&shown, "", format!("cannot read: {e}")));
+                    }
                 }
             }
             files.sort();

@@ -162,8 +162,8 @@ impl Limit {
     }
 
     /// Where it sits in the tree, much as the reference service names its statistics: each
-    /// level `key`, or `key_` and a short hash of the value (never a value itself: a value
-    /// may be a client's ID or key), joined by `.`.
+    /// level `key`, or `key_v<i>` for the `i`-th entry of its list when it has a value
+    /// (never the value itself: a value may be a client's ID or key), joined by `.`.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -174,7 +174,8 @@ impl Limit {
 struct Keyed {
     /// `value: login`.
     exact: HashMap<String, Node>,
-    /// `value: api_*`: a prefix, longest first.
+    /// `value: api_*`: a prefix, in the file's order (the first that matches wins, as in
+    /// the reference service).
     prefixes: Vec<(String, Node)>,
     /// No value: any value.
     any: Option<Box<Node>>,
@@ -188,8 +189,8 @@ struct Node {
 }
 
 impl Node {
-    /// The entry matching `key` = `value`: exact value first, then the longest prefix
-    /// (`value: foo*`), then the key alone.
+    /// The entry matching `key` = `value`: exact value first, then the first prefix in the
+    /// file's order (`value: foo*`), then the key alone.
     fn child(&self, key: &str, value: &str) -> Option<&Node> {
         let keyed = self.children.get(key)?;
         if let Some(node) = keyed.exact.get(value) {
@@ -346,7 +347,15 @@ impl Builder<'_> {
             if let Some(first) = seen.insert((entry.key.as_str(), value), i) {
                 return Err(self.err(here, format!("the same key and value as {field}[{first}]")));
             }
-            let step = step(&entry.key, value);
+            if let Some(v) = value
+                && v.find('*').is_some_and(|at| at + 1 != v.len())
+            {
+                return Err(self.err(
+                    format!("{here}.value"),
+                    "a * is supported only at the end (a prefix)",
+                ));
+            }
+            let step = step(&entry.key, value.map(|_| i));
             let path = if path.is_empty() {
                 step
             } else {
@@ -373,11 +382,6 @@ impl Builder<'_> {
                 },
             }
         }
-        for keyed in node.children.values_mut() {
-            keyed
-                .prefixes
-                .sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        }
         Ok(node)
     }
 
@@ -390,8 +394,10 @@ impl Builder<'_> {
     ) -> Result<Limit, ConfigError> {
         let field = format!("{here}.rate_limit");
         let allowance = if spec.unlimited {
-            if spec.unit.is_some() || spec.requests_per_unit.is_some() {
-                return Err(self.err(field, "unlimited: true takes no unit or requests_per_unit"));
+            // As the reference service: a unit contradicts unlimited; a requests_per_unit
+            // beside it is accepted and means nothing.
+            if spec.unit.is_some() {
+                return Err(self.err(format!("{field}.unit"), "unlimited: true takes no unit"));
             }
             Allowance::Unlimited
         } else {
@@ -466,12 +472,13 @@ impl Builder<'_> {
     }
 }
 
-/// One level of a limit's path: `key`, or `key_` and the first 8 hex digits of the
-/// value's SHA-256. A value written in the file may itself identify a client (an API key
-/// given a limit of its own), and paths become storage keys and metric labels.
-fn step(key: &str, value: Option<&str>) -> String {
-    match value {
-        Some(v) => format!("{key}_{}", hex::encode(&Sha256::digest(v.as_bytes())[..4])),
+/// One level of a limit's path: `key`, or for an entry with a value `key_v` and the
+/// entry's index in its list. Never the value: a value written in the file may itself
+/// identify a client (an API key given a limit of its own), and paths become storage keys,
+/// metric labels and the name in clients' `RateLimit-Policy` headers.
+fn step(key: &str, value_entry: Option<usize>) -> String {
+    match value_entry {
+        Some(i) => format!("{key}_v{i}"),
         None => key.to_owned(),
     }
 }
@@ -569,27 +576,22 @@ descriptors:
         d.find(entries.iter().copied()).map(|l| l.path().to_owned())
     }
 
-    /// The path of the entries `levels` (key, value as written in the file).
-    fn at(levels: &[(&str, Option<&str>)]) -> Option<String> {
+    /// The path of the entries `levels` (key, the index of an entry with a value).
+    fn at(levels: &[(&str, Option<usize>)]) -> Option<String> {
         let steps: Vec<String> = levels.iter().map(|(k, v)| step(k, *v)).collect();
         Some(steps.join("."))
     }
 
     #[test]
-    fn exact_values_win_over_prefixes_and_prefixes_over_the_key_alone() {
+    fn exact_values_win_then_the_first_prefix_in_file_order_then_the_key_alone() {
         let d = edge();
-        assert_eq!(
-            path(&d, &[("path", "/login")]),
-            at(&[("path", Some("/login"))])
-        );
+        assert_eq!(path(&d, &[("path", "/login")]), at(&[("path", Some(1))]));
+        // `/api/*` comes before `/api/v2*` in the file: it wins, as in the reference.
         assert_eq!(
             path(&d, &[("path", "/api/v2/users")]),
-            at(&[("path", Some("/api/v2*"))])
+            at(&[("path", Some(2))])
         );
-        assert_eq!(
-            path(&d, &[("path", "/api/v1")]),
-            at(&[("path", Some("/api/*"))])
-        );
+        assert_eq!(path(&d, &[("path", "/api/v1")]), at(&[("path", Some(2))]));
         assert_eq!(path(&d, &[("path", "/other")]), at(&[("path", None)]));
     }
 
@@ -598,7 +600,7 @@ descriptors:
         let d = edge();
         assert_eq!(
             path(&d, &[("path", "/login"), ("remote_address", "10.0.0.1")]),
-            at(&[("path", Some("/login")), ("remote_address", None)])
+            at(&[("path", Some(1)), ("remote_address", None)])
         );
         // Deeper than the tree, a key the level lacks, or a level with no limit: none.
         assert_eq!(path(&d, &[("remote_address", "a"), ("x", "y")]), None);
@@ -631,7 +633,7 @@ descriptors:
         assert_eq!(login.policy().quotas()[0].capacity(), 5);
         assert_eq!(
             login.rule().name(),
-            format!("rls.edge.{}", at(&[("path", Some("/login"))]).unwrap())
+            format!("rls.edge.{}", at(&[("path", Some(1))]).unwrap())
         );
         assert!(!login.shadow());
         assert_eq!(
@@ -695,7 +697,7 @@ descriptors:
             refused(
                 "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unlimited: true, unit: second}\n"
             ),
-            "f.yaml: descriptors[0].rate_limit: unlimited: true takes no unit or requests_per_unit"
+            "f.yaml: descriptors[0].rate_limit.unit: unlimited: true takes no unit"
         );
         assert_eq!(
             refused("domain: d\ndescriptors:\n  - key: a\n  - key: a\n"),
@@ -710,6 +712,10 @@ descriptors:
         assert_eq!(
             refused("domain: ''\n"),
             "f.yaml: domain: must be 1 to 256 bytes"
+        );
+        assert_eq!(
+            refused("domain: d\ndescriptors:\n  - key: a\n    value: x*y\n"),
+            "f.yaml: descriptors[0].value: a * is supported only at the end (a prefix)"
         );
         assert!(refused("descriptors: []\n").contains("missing field `domain`"));
         assert!(refused("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: -1}\n")

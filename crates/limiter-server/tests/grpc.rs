@@ -237,23 +237,42 @@ async fn descriptors_are_answered_as_the_config_says() {
         Code::OverLimit,
         "more than the bucket holds never passes"
     );
-    // A descriptor's hits_addend of 0 asks without taking.
+    // A descriptor's hits_addend of 0 asks without taking: an empty bucket is not over.
     let r = rls
         .should_rate_limit(bulk(0, Some(0)))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(code(&r), Code::OverLimit);
+    assert_eq!((code(&r), r.statuses[0].limit_remaining), (Code::Ok, 0));
     // is_negative_hits gives back.
-    let mut back = descriptor(&[("plan", "bulk")]);
-    back.hits_addend = Some(UInt64Value { value: 3 });
-    back.is_negative_hits = true;
+    let give_back = |hits: u64| {
+        let mut back = descriptor(&[("plan", "bulk")]);
+        back.hits_addend = Some(UInt64Value { value: hits });
+        back.is_negative_hits = true;
+        request("edge", vec![back], 0)
+    };
     let r = rls
-        .should_rate_limit(request("edge", vec![back], 0))
+        .should_rate_limit(give_back(3))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((code(&r), r.statuses[0].limit_remaining), (Code::Ok, 3));
+    // Asking without taking says exactly what is left, and takes nothing.
+    for _ in 0..2 {
+        let r = rls
+            .should_rate_limit(bulk(0, Some(0)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((code(&r), r.statuses[0].limit_remaining), (Code::Ok, 3));
+    }
+    // Giving back more than the bucket holds fills it; it is never a denial.
+    let r = rls
+        .should_rate_limit(give_back(50))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((code(&r), r.statuses[0].limit_remaining), (Code::Ok, 10));
 
     // requests_per_unit: 0 denies everything.
     let blocked = ask(&mut rls, "edge", &[("blocked", "x")]).await;
@@ -648,7 +667,7 @@ async fn grpc_health_follows_readiness_and_says_not_serving_while_draining() {
     let server = Server::start_with(
         {
             let mut cmd = command();
-            cmd.env("RATELIMIT_SHUTDOWN_GRACE_MS", "1500");
+            cmd.env("RATELIMIT_SHUTDOWN_GRACE_MS", "5000");
             cmd.env("RATELIMIT_GRPC_LISTEN", "127.0.0.1:0");
             cmd.env("RATELIMIT_RLS_CONFIG", dir.path());
             cmd
@@ -717,8 +736,56 @@ async fn grpc_health_follows_readiness_and_says_not_serving_while_draining() {
     let mut rls = RateLimitServiceClient::new(channel);
     let r = ask(&mut rls, "edge", &[("remote_address", "x")]).await;
     assert_eq!(code(&r), Code::Ok);
-    let exit = server.wait(Duration::from_secs(10));
+    let exit = server.wait(Duration::from_secs(20));
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_is_seen() {
+    // Kubernetes mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>`,
+    // and updates it by pointing a new `..data` at a new directory with one rename.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let limit = |n: u32| {
+        format!(
+            "domain: api\ndescriptors:\n  - key: tenant\n    rate_limit: {{unit: hour, requests_per_unit: {n}}}\n"
+        )
+    };
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    std::fs::write(root.join("..v1/api.yaml"), limit(7)).unwrap();
+    std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/api.yaml", root.join("api.yaml")).unwrap();
+    let server = Server::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--rls-config",
+        root.to_str().unwrap(),
+    ]);
+    ready(&client(), &server).await;
+    let mut rls = connect(server.grpc_addr()).await;
+    let now = |r: &RateLimitResponse| {
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.requests_per_unit)
+    };
+    assert_eq!(
+        now(&ask(&mut rls, "api", &[("tenant", "t")]).await),
+        Some(7)
+    );
+
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    std::fs::write(root.join("..v2/api.yaml"), limit(9)).unwrap();
+    std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    let started = Instant::now();
+    while now(&ask(&mut rls, "api", &[("tenant", "t")]).await) != Some(9) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the swap was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[test]

@@ -19,6 +19,9 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// Without file events (a watcher that cannot start), the file is read this often.
 const POLL: Duration = Duration::from_secs(2);
 
+/// With file events, the file is still read this often, for changes no event shows.
+const LOOK: Duration = Duration::from_secs(10);
+
 /// Watches `path` and puts each good new config in `live`, until the future is dropped.
 pub(crate) async fn watch(path: PathBuf, live: LiveConfig) {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -31,12 +34,15 @@ pub(crate) async fn watch(path: PathBuf, live: LiveConfig) {
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     };
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| w.watch(&target, RecursiveMode::NonRecursive).map(|()| w));
+    let watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if e.kind.is_access() => {}
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "watching the rate limit service config"),
+        })
+        .and_then(|mut w| w.watch(&target, RecursiveMode::NonRecursive).map(|()| w));
     let _watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
@@ -44,30 +50,46 @@ pub(crate) async fn watch(path: PathBuf, live: LiveConfig) {
             None
         }
     };
-    let polling = _watcher.is_none();
+    // Events miss what happens outside the watched directory (a symbolic link to it
+    // swapped, the directory replaced): a look every `LOOK` catches those, at the cost of
+    // a read when nothing changed.
+    let every = if _watcher.is_some() { LOOK } else { POLL };
+    // The last refusal logged: a broken file read again every `LOOK` is said once.
+    let mut refused = None;
+    // What changed between the first load and the watch.
+    reload(&path, &live, &mut refused).await;
     loop {
-        if polling {
-            tokio::time::sleep(POLL).await;
-        } else {
-            if rx.recv().await.is_none() {
-                return;
+        tokio::select! {
+            event = rx.recv() => {
+                if event.is_none() {
+                    return;
+                }
+                // Let the burst of events of one change settle: read once nothing has
+                // arrived for `SETTLE`.
+                loop {
+                    match tokio::time::timeout(SETTLE, rx.recv()).await {
+                        Ok(Some(())) => {}
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
             }
-            // Let the burst of events of one change settle.
-            tokio::time::sleep(SETTLE).await;
-            while rx.try_recv().is_ok() {}
+            () = tokio::time::sleep(every) => {}
         }
-        reload(&path, &live).await;
+        reload(&path, &live, &mut refused).await;
     }
 }
 
-/// Reads `path` again; puts it in force if it is good and differs.
-pub(crate) async fn reload(path: &Path, live: &LiveConfig) {
+/// Reads `path` again; puts it in force if it is good and differs. A refusal is logged
+/// unless it is `refused`, the one logged last.
+pub(crate) async fn reload(path: &Path, live: &LiveConfig, refused: &mut Option<String>) {
     let read = {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || RlsConfig::load(&path)).await
     };
     match read {
         Ok(Ok(config)) => {
+            *refused = None;
             if **live.load() == config {
                 return;
             }
@@ -79,9 +101,13 @@ pub(crate) async fn reload(path: &Path, live: &LiveConfig) {
             tracing::info!(domains, limits, "rate limit service config reloaded");
         }
         Ok(Err(e)) => {
-            metrics::counter!("ratelimit_rls_config_reloads_total", "result" => "error")
-                .increment(1);
-            tracing::error!(error = %e, "rate limit service config refused; the previous one stays in force");
+            let e = e.to_string();
+            if refused.as_ref() != Some(&e) {
+                metrics::counter!("ratelimit_rls_config_reloads_total", "result" => "error")
+                    .increment(1);
+                tracing::error!(error = %e, "rate limit service config refused; the previous one stays in force");
+                *refused = Some(e);
+            }
         }
         Err(e) => tracing::error!(error = %e, "rate limit service config reload failed"),
     }

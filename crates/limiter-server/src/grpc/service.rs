@@ -182,18 +182,25 @@ impl Rls {
         let Some(limit) = limit else {
             return Ok(Outcome::Unmatched);
         };
+        if descriptor.limit.is_some() {
+            ignored_override();
+        }
         let (cost, asked) = match (&descriptor.hits_addend, descriptor.is_negative_hits) {
             // The request's hits: 0 (unset) means 1, as in the reference service.
             (None, negative) => (u64::from(request_hits.max(1)), asked(negative)),
             (Some(hits), _) if hits.value == 0 => (1, Asked::Peek),
             (Some(hits), negative) => (hits.value, asked(negative)),
         };
-        let unit = match limit.allowance() {
+        let (unit, capacity) = match limit.allowance() {
             Allowance::Unlimited => return Ok(Outcome::Unlimited),
-            Allowance::Nothing { unit } | Allowance::Bucket { unit, .. } => unit,
+            Allowance::Nothing { unit } => (unit, 0),
+            Allowance::Bucket {
+                unit,
+                requests_per_unit,
+            } => (unit, u64::from(requests_per_unit)),
         };
         let key = self.key(domain, descriptor);
-        if let Allowance::Nothing { .. } = limit.allowance() {
+        if capacity == 0 {
             // `requests_per_unit: 0`: always over, no bucket to ask.
             let decision = over_capacity(0, unit);
             return Ok(Outcome::Decided(decided(
@@ -208,7 +215,8 @@ impl Rls {
                 None => limiter.check(&key, policy, cost).await,
             },
             Asked::Peek => limiter.peek(&key, policy, cost).await,
-            Asked::Refund => limiter.refund(&key, policy, cost).await,
+            // A bucket never holds more than its capacity: giving back more fills it.
+            Asked::Refund => limiter.refund(&key, policy, cost.min(capacity)).await,
         };
         let decision = match result {
             Ok(decision) => decision,
@@ -255,7 +263,9 @@ impl Rls {
                     d.taken = false;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "could not give back a denied request's hits")
+                    // The denied request keeps what it took from this bucket.
+                    metrics::counter!("ratelimit_rls_give_back_failures_total").increment(1);
+                    tracing::warn!(error = %e, "could not give back a denied request's hits");
                 }
             }
         }))
@@ -301,6 +311,18 @@ impl Rls {
     }
 }
 
+/// A descriptor's `limit` (an override from Envoy's metadata) is not applied: the config
+/// decides. Counted, and said once.
+fn ignored_override() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    metrics::counter!("ratelimit_rls_limit_overrides_ignored_total").increment(1);
+    SAID.call_once(|| {
+        tracing::warn!(
+            "a descriptor carried a limit override, which is ignored: limits come from rls_config"
+        );
+    });
+}
+
 fn asked(negative: bool) -> Asked {
     if negative {
         Asked::Refund
@@ -317,8 +339,21 @@ fn decided<'a>(
     asked: Asked,
     enforce: bool,
 ) -> Decided<'a> {
-    let over = !decision.allowed;
     let checked = asked == Asked::Check;
+    // Only a check can be over: a peek (hits 0) asks how many are left, and a refund gives
+    // back.
+    let over = checked && !decision.allowed;
+    let mut decision = decision;
+    if asked == Asked::Peek {
+        // A peek took one hit's measure: what is left now is one more, or nothing.
+        decision.remaining = if decision.allowed {
+            decision.remaining.saturating_add(1)
+        } else {
+            0
+        };
+        decision.allowed = true;
+        decision.retry_after = None;
+    }
     Decided {
         limit,
         key,
