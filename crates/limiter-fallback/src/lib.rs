@@ -79,7 +79,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use limiter_core::{ClientKey, Decision, Error, ErrorKind, Policy, RateLimiter, bucket};
@@ -114,6 +114,8 @@ struct Inner<P, L> {
     /// The whole keyspace's circuit ([`CLOSED`], open or half-open).
     state: AtomicU8,
     shares: Shares,
+    /// The live workers last seen (0: never told); see [`Fallback::set_fleet_size`].
+    fleet: AtomicU32,
     counters: Counters,
     parts: Parts,
 }
@@ -137,6 +139,7 @@ where
                 config,
                 state: AtomicU8::new(CLOSED),
                 shares: Shares::default(),
+                fleet: AtomicU32::new(0),
                 counters: Counters::default(),
                 parts,
             }),
@@ -198,6 +201,21 @@ where
         if !policy.is_unlimited() {
             drop(self.inner.share(policy));
         }
+    }
+
+    /// Tells the fallback how many workers share the limits now (a fleet's membership, as
+    /// last seen): during an outage each enforces `⌈limit / workers⌉`, with `workers` never
+    /// below `expected_workers` (the floor, or the whole answer when nothing tells). A
+    /// fleet that grew while Redis was up keeps its last size through the outage instead
+    /// of admitting the limit once per worker.
+    pub fn set_fleet_size(&self, workers: u32) {
+        self.inner.fleet.store(workers, Ordering::Relaxed);
+    }
+
+    /// The workers each limit is divided by in an outage now: the fleet size last set,
+    /// never below `expected_workers`.
+    pub fn fleet_size(&self) -> u32 {
+        self.inner.workers()
     }
 
     /// The settings in force.

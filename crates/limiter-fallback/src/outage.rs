@@ -15,9 +15,10 @@ use crate::{Inner, Op, OutagePolicy};
 /// Fleet-share policies kept before the cache starts over.
 const MAX_CACHED_SHARES: usize = 1_024;
 
-/// Fleet-share policies by the id of the policy they divide.
+/// Fleet-share policies by the id of the policy they divide and the workers it is divided
+/// by.
 #[derive(Debug, Default)]
-pub(crate) struct Shares(RwLock<HashMap<u64, Arc<Policy>>>);
+pub(crate) struct Shares(RwLock<HashMap<(u64, u32), Arc<Policy>>>);
 
 impl<P, L> Inner<P, L>
 where
@@ -110,14 +111,22 @@ where
         }
     }
 
-    /// This worker's share of `policy` ([`Policy::share`] by the expected workers), computed
-    /// once per policy.
+    /// The workers a limit is divided by: the live fleet last seen, never fewer than
+    /// `expected_workers`.
+    pub(crate) fn workers(&self) -> u32 {
+        self.config
+            .expected_workers
+            .max(self.fleet.load(Ordering::Relaxed))
+    }
+
+    /// This worker's share of `policy` ([`Policy::share`] by [`workers`](Self::workers)),
+    /// computed once per policy and fleet size.
     pub(crate) fn share(&self, policy: &Policy) -> Arc<Policy> {
-        let Some(workers) = NonZeroU32::new(self.config.expected_workers).filter(|n| n.get() > 1)
-        else {
+        let Some(workers) = NonZeroU32::new(self.workers()).filter(|n| n.get() > 1) else {
             return Arc::new(policy.clone());
         };
-        if let Some(share) = self.shares.0.read().get(&policy.id()) {
+        let id = (policy.id(), workers.get());
+        if let Some(share) = self.shares.0.read().get(&id) {
             return share.clone();
         }
         let share = Arc::new(policy.share(workers));
@@ -127,7 +136,7 @@ where
         if shares.len() >= MAX_CACHED_SHARES {
             shares.clear();
         }
-        shares.insert(policy.id(), share.clone());
+        shares.insert(id, share.clone());
         share
     }
 }

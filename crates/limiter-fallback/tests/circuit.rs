@@ -196,6 +196,37 @@ async fn outage_policies_allow_and_deny() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_fleet_that_grew_divides_by_its_live_size_never_below_the_floor() {
+    let (fallback, primary) = setup(FallbackConfig {
+        expected_workers: 2,
+        ..config()
+    });
+    // Membership saw five workers before the outage.
+    fallback.set_fleet_size(5);
+    assert_eq!(fallback.fleet_size(), 5);
+    primary.set(DOWN);
+    let mut allowed = 0;
+    for _ in 0..200 {
+        allowed += u32::from(fallback.check(&KEY, &policy(), 1).await.unwrap().allowed);
+    }
+    assert_eq!(allowed, 20, "⌈100 / 5⌉ per worker");
+    // A smaller fleet seen than the floor: the floor divides.
+    fallback.set_fleet_size(1);
+    assert_eq!(fallback.fleet_size(), 2);
+    let mut allowed = 0;
+    for _ in 0..200 {
+        allowed += u32::from(
+            fallback
+                .check(&ClientKey::from(77), &policy(), 1)
+                .await
+                .unwrap()
+                .allowed,
+        );
+    }
+    assert_eq!(allowed, 50, "⌈100 / 2⌉ per worker");
+}
+
+#[tokio::test(start_paused = true)]
 async fn in_fallback_each_worker_enforces_its_share() {
     let (fallback, primary) = setup(FallbackConfig {
         expected_workers: 3,

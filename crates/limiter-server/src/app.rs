@@ -138,6 +138,11 @@ impl App {
         self.state.phase.notify_waiters();
     }
 
+    /// The address this worker's check API listens on, for the fleet's list of workers.
+    pub fn advertise(&self, address: std::net::SocketAddr) {
+        self.state.fleet.members.advertise(address.to_string());
+    }
+
     /// From now on readiness says `draining`, so balancers stop sending new requests.
     pub fn drain(&self) {
         self.state.draining.store(true, Ordering::Release);

@@ -63,6 +63,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    app.advertise(addr);
     tracing::info!(%addr, backend = app.backend_name(), "listening");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     // One shutdown for both listeners: the admin one stops when the main one does.

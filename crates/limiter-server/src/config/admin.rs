@@ -34,6 +34,9 @@ pub struct AdminSection {
     pub violations_per_second: usize,
     /// Audit log entries kept. Default 10,000.
     pub audit_max: usize,
+    /// A worker not heard from for this long (it beats every second) leaves the list of
+    /// live workers and stops counting in the fleet's size. Default 5,000; at least 2,000.
+    pub heartbeat_ttl_ms: u64,
 }
 
 impl Default for AdminSection {
@@ -44,6 +47,7 @@ impl Default for AdminSection {
             violations_max: 10_000,
             violations_per_second: 1_000,
             audit_max: 10_000,
+            heartbeat_ttl_ms: 5_000,
         }
     }
 }
@@ -92,6 +96,12 @@ impl AdminSection {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));
             }
+        }
+        if !(2_000..=3_600_000).contains(&self.heartbeat_ttl_ms) {
+            return Err(ConfigError::field(
+                "admin.heartbeat_ttl_ms",
+                "must be 2,000 to 3,600,000 (workers beat every second)",
+            ));
         }
         if self.violations_max > 10_000_000 || self.audit_max > 10_000_000 {
             return Err(ConfigError::field(

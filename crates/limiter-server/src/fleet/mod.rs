@@ -22,15 +22,19 @@ use serde_json::{Value, json};
 use crate::config::{Config, ConfigError};
 use crate::state::Backend;
 
+mod members;
 pub(crate) mod records;
 mod redis_store;
 
+use limiter_redis::RedisConnection;
+pub(crate) use members::Member;
+use members::Members;
 pub(crate) use records::{Counts, Records, Violation, now_ms};
 use redis_store::{CHANNEL, RedisFleet, stats_key};
 
 /// How often a worker asks Redis for the rules' version, whatever notifications say.
 const POLL: Duration = Duration::from_millis(500);
-/// How often records are flushed.
+/// How often records are flushed (and heartbeats sent).
 const FLUSH: Duration = Duration::from_secs(1);
 /// The longest a fleet operation on Redis may take before it counts as unavailable.
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -59,6 +63,8 @@ pub(crate) enum WriteError {
 pub(crate) struct Fleet {
     pub(crate) rules: Rules,
     pub(crate) records: Arc<Records>,
+    /// This worker's membership of the fleet.
+    pub(crate) members: Members,
     store: Arc<dyn RuleStore>,
     redis: Option<Arc<RedisFleet>>,
     seeds: Vec<Rule>,
@@ -94,6 +100,10 @@ impl Fleet {
             format!("{host}/{}", std::process::id())
         });
         let admin = &config.admin;
+        let members = Members::new(
+            worker.clone(),
+            Duration::from_millis(admin.heartbeat_ttl_ms),
+        );
         let records = Arc::new(Records::new(
             worker,
             admin.violations_per_second,
@@ -117,6 +127,7 @@ impl Fleet {
         Ok(Self {
             rules: Rules::new(initial.to_set()),
             records,
+            members,
             store,
             redis,
             seeds,
@@ -133,6 +144,7 @@ impl Fleet {
         }
         if self.redis.is_some() {
             tokio::spawn(Arc::clone(self).watch());
+            tokio::spawn(Arc::clone(self).beat_every_second());
         }
         tokio::spawn(Arc::clone(self).flush_every_second());
     }
@@ -386,6 +398,67 @@ impl Fleet {
         loop {
             tick.tick().await;
             self.flush().await;
+        }
+    }
+
+    /// Tells the fleet this worker is live, once a second; the live count it answers
+    /// divides this worker's limits while Redis is away.
+    async fn beat_every_second(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(members::BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(redis) = &self.redis else { return };
+            let me = self.me();
+            let beat = within(async {
+                let mut conn = redis.connection().await?;
+                self.members
+                    .beat(&mut conn, &me)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(RedisConnection::error(e).to_string()))
+            });
+            match beat.await {
+                Ok(live) => redis.fallback().set_fleet_size(live),
+                // Redis away: the last count seen stays in force.
+                Err(e) => tracing::debug!(error = %e, "heartbeat not sent"),
+            }
+        }
+    }
+
+    /// This worker as its heartbeat describes it.
+    pub(crate) fn me(&self) -> Member {
+        let checks = self
+            .records
+            .checks
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match &self.redis {
+            None => self.members.me("memory", 0.0, checks),
+            Some(redis) => {
+                let stats = redis.fallback().stats();
+                let backend = if stats.state == limiter_fallback::CircuitState::Closed {
+                    "redis"
+                } else {
+                    "fallback"
+                };
+                self.members.me(backend, stats.degraded_share(), checks)
+            }
+        }
+    }
+
+    /// The live workers: from Redis, or this one alone without it.
+    pub(crate) async fn workers(&self) -> Result<Vec<Member>, StoreError> {
+        match &self.redis {
+            None => Ok(vec![self.me()]),
+            Some(redis) => {
+                within(async {
+                    let mut conn = redis.connection().await?;
+                    self.members
+                        .list(&mut conn)
+                        .await
+                        .map_err(|e| StoreError::Unavailable(RedisConnection::error(e).to_string()))
+                })
+                .await
+            }
         }
     }
 

@@ -96,6 +96,8 @@ pub(crate) struct Records {
     per_second: usize,
     /// Without Redis: the worker's own series and violations.
     pub(crate) local: Mutex<Local>,
+    /// Checks observed so far (for the heartbeat's rate).
+    pub(crate) checks: std::sync::atomic::AtomicU64,
 }
 
 /// A worker's own records, when there is no Redis to share them through.
@@ -129,6 +131,7 @@ impl Records {
                 violations_max,
                 ..Local::default()
             }),
+            checks: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -234,6 +237,8 @@ impl Records {
 
 impl Observe for Records {
     fn observe(&self, query: &Query<'_>, verdict: &Verdict) {
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rule = verdict.rule.as_deref();
         let answered_denial = verdict.denied && verdict.enforced;
         self.count(rule, query.tier, |c| {

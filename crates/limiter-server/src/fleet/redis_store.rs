@@ -63,11 +63,16 @@ impl RedisFleet {
         }
     }
 
+    /// The fallback the fleet's Redis is reached through.
+    pub(crate) fn fallback(&self) -> &RedisFallback {
+        &self.backend
+    }
+
     pub(crate) fn limiter(&self) -> &RedisLimiter {
         self.backend.primary()
     }
 
-    async fn connection(&self) -> Result<RedisConnection, StoreError> {
+    pub(crate) async fn connection(&self) -> Result<RedisConnection, StoreError> {
         self.limiter()
             .connection()
             .await

@@ -36,6 +36,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     // Rules that cannot be refreshed stay in force: degraded, still ready.
     let (rules_ok, rules) = state.fleet.health();
     components["rules"] = rules;
+    components["fleet"] = json!({ "workers": state.fleet.members.seen() });
     let status = if rules_ok { status } else { "degraded" };
     if state.draining.load(Ordering::Acquire) {
         let body = json!({ "status": "draining", "components": components });

@@ -46,6 +46,7 @@ pub(crate) fn routes(state: &AppState) -> Option<Router<AppState>> {
         .route("/v1/admin/violations", get(records::violations))
         .route("/v1/admin/stats", get(records::stats))
         .route("/v1/admin/audit", get(records::audit))
+        .route("/v1/admin/workers", get(records::workers))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Some(routes)
 }

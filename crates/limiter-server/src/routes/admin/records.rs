@@ -219,3 +219,11 @@ pub(crate) async fn audit(
         Err(e) => unavailable(&e.to_string()),
     }
 }
+
+/// `GET /v1/admin/workers`: the live workers of the fleet, as their heartbeats say.
+pub(crate) async fn workers(State(state): State<AppState>) -> Response {
+    match state.fleet.workers().await {
+        Ok(workers) => Json(serde_json::json!({ "workers": workers })).into_response(),
+        Err(e) => unavailable(&e.to_string()),
+    }
+}
