@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::fleet::Fleet;
 use crate::routes::admin::AdminAuth;
 use crate::state::{AppState, Backend};
+use crate::throttle::Throttle;
 use crate::{HttpLimits, grpc, routes, telemetry};
 
 /// A built service: its router and the switches `main` flips.
@@ -43,8 +44,16 @@ impl App {
         let descriptors = config.rls()?;
         let hasher = config.hasher()?;
         let backend = backend(config)?;
-        let limiter = backend.limiter();
-        let fleet = Arc::new(Fleet::new(config, &backend)?);
+        let throttle = config
+            .throttle
+            .enabled
+            .then(|| Arc::new(Throttle::new(&config.throttle)));
+        let limiter = match &throttle {
+            Some(throttle) => throttle.wrap(backend.limiter()),
+            None => backend.limiter(),
+        };
+        let throttling = throttle.as_ref().map(|t| t.switch());
+        let fleet = Arc::new(Fleet::new(config, &backend, throttling)?);
         let admin = AdminAuth::new(config)?.map(Arc::new);
         let guard = RateLimitLayer::new(limiter.clone(), hasher.clone())
             .tiers(config.tiers.clone())
@@ -68,6 +77,7 @@ impl App {
             phase: Arc::new(tokio::sync::Notify::new()),
             fleet,
             admin,
+            throttle,
             addresses: config.addresses()?,
         };
         let separate = config.admin_listen.is_some();
@@ -126,6 +136,9 @@ impl App {
     pub async fn start(&self) {
         // The rules first: they decide the first requests.
         self.state.fleet.start().await;
+        if let Some(throttle) = &self.state.throttle {
+            tokio::spawn(Arc::clone(throttle).run());
+        }
         if let Backend::Redis(fallback, _) = &self.state.backend {
             match fallback.warm_up().await {
                 Ok(()) => tracing::info!("redis answered"),

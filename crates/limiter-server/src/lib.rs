@@ -13,6 +13,7 @@ mod routes;
 pub mod serve;
 mod state;
 pub mod telemetry;
+mod throttle;
 
 pub use app::App;
 pub use config::{Cli, Command, Config, ConfigError, HttpSection, LogFormat};

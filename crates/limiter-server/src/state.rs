@@ -57,6 +57,8 @@ pub struct AppState {
     pub(crate) fleet: Arc<Fleet>,
     /// The admin API's tokens; `None`: the admin API is off.
     pub(crate) admin: Option<Arc<AdminAuth>>,
+    /// Load-aware throttling, when enabled.
+    pub(crate) throttle: Option<Arc<crate::throttle::Throttle>>,
     /// How the guarded routes know anonymous clients by address (for the explain call).
     pub(crate) addresses: limiter_http::ClientIp,
 }

@@ -28,11 +28,13 @@ use serde::{Deserialize, Serialize};
 mod admin;
 mod cli;
 mod http;
+mod throttle;
 
 pub use admin::{AdminSection, AdminTokenEntry, MIN_ADMIN_TOKEN_LEN};
 pub use cli::{Cli, Command, LogFormat};
 pub use http::HttpSection;
 use limiter_rules::RuleSpec;
+pub use throttle::ThrottleSection;
 
 /// Prefix of every environment variable the service reads.
 pub const ENV_PREFIX: &str = "RATELIMIT_";
@@ -121,6 +123,8 @@ pub struct Config {
     /// Add the rate-limit headers (`RateLimit`, `X-RateLimit-*`, `Retry-After`) to the rate
     /// limit service's answers, for Envoy to send to the client. Default true.
     pub rls_response_headers: bool,
+    /// Load-aware throttling: off unless `enabled`.
+    pub throttle: ThrottleSection,
 }
 
 impl Default for Config {
@@ -154,6 +158,7 @@ impl Default for Config {
             grpc_listen: None,
             rls_config: None,
             rls_response_headers: true,
+            throttle: ThrottleSection::default(),
         }
     }
 }
@@ -319,6 +324,7 @@ impl Config {
         self.fallback.validate()?;
         self.seed_rules()?;
         self.rls()?;
+        self.throttle.validate()?;
         Ok(())
     }
 

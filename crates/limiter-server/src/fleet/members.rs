@@ -88,7 +88,13 @@ impl Members {
 
     /// This worker now: `backend` and `degraded_share` from its fallback, `checks` the
     /// checks it decided so far.
-    pub(crate) fn me(&self, backend: &str, degraded_share: f64, checks: u64) -> Member {
+    pub(crate) fn me(
+        &self,
+        backend: &str,
+        degraded_share: f64,
+        checks: u64,
+        throttling: bool,
+    ) -> Member {
         let checks_per_sec = {
             let mut last = self.last.lock();
             let elapsed = last.0.elapsed().as_secs_f64();
@@ -108,7 +114,7 @@ impl Members {
             backend: backend.to_owned(),
             degraded_share,
             checks_per_sec: (checks_per_sec * 10.0).round() / 10.0,
-            throttling: false,
+            throttling,
             fleet_size: self.seen(),
             last_seen: now_ms(),
         }

@@ -65,6 +65,8 @@ pub(crate) struct Fleet {
     pub(crate) records: Arc<Records>,
     /// This worker's membership of the fleet.
     pub(crate) members: Members,
+    /// Whether this worker is throttling (when throttling is enabled).
+    throttling: Option<Arc<std::sync::atomic::AtomicBool>>,
     store: Arc<dyn RuleStore>,
     redis: Option<Arc<RedisFleet>>,
     seeds: Vec<Rule>,
@@ -91,7 +93,11 @@ impl std::fmt::Debug for Fleet {
 impl Fleet {
     /// The fleet state `config` describes, on `backend`; the rules start as the file's
     /// seeds until [`start`](Self::start) loads the store.
-    pub(crate) fn new(config: &Config, backend: &Backend) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        config: &Config,
+        backend: &Backend,
+        throttling: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<Self, ConfigError> {
         let seeds = config.seed_rules()?;
         let worker = config.worker_name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -128,6 +134,7 @@ impl Fleet {
             rules: Rules::new(initial.to_set()),
             records,
             members,
+            throttling,
             store,
             redis,
             seeds,
@@ -431,8 +438,12 @@ impl Fleet {
             .records
             .checks
             .load(std::sync::atomic::Ordering::Relaxed);
+        let throttling = self
+            .throttling
+            .as_ref()
+            .is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed));
         match &self.redis {
-            None => self.members.me("memory", 0.0, checks),
+            None => self.members.me("memory", 0.0, checks, throttling),
             Some(redis) => {
                 let stats = redis.fallback().stats();
                 let backend = if stats.state == limiter_fallback::CircuitState::Closed {
@@ -440,7 +451,8 @@ impl Fleet {
                 } else {
                     "fallback"
                 };
-                self.members.me(backend, stats.degraded_share(), checks)
+                self.members
+                    .me(backend, stats.degraded_share(), checks, throttling)
             }
         }
     }

@@ -57,6 +57,10 @@ pub(crate) struct CheckResponse {
     tier: Tier,
     /// The rule that decided; `null`: the tier's policy.
     rule: Option<String>,
+    /// Why a denial, when it is not the limit itself: `throttled` (the worker is under
+    /// load and keeps only part of this limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 impl CheckResponse {
@@ -72,6 +76,7 @@ impl CheckResponse {
             degraded: d.degraded,
             tier,
             rule,
+            reason: None,
         }
     }
 }
@@ -249,7 +254,15 @@ async fn decide(
             if matches!(asked, Asked::Check) && !req.dry_run {
                 limiter_http::telemetry::record_decision(tier, &decision, latency);
             }
-            Ok(CheckResponse::new(tier, &decision, rule))
+            let mut response = CheckResponse::new(tier, &decision, rule);
+            if state
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.denied(policy, &decision))
+            {
+                response.reason = Some("throttled".to_owned());
+            }
+            Ok(response)
         }
         Err(e) if e.is_invalid_input() || e.is_insufficient_capacity() => {
             Err(cost_problem(policy.name(), &e))

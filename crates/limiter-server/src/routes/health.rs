@@ -37,6 +37,9 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let (rules_ok, rules) = state.fleet.health();
     components["rules"] = rules;
     components["fleet"] = json!({ "workers": state.fleet.members.seen() });
+    if let Some(throttle) = &state.throttle {
+        components["throttle"] = throttle.health();
+    }
     let status = if rules_ok { status } else { "degraded" };
     if state.draining.load(Ordering::Acquire) {
         let body = json!({ "status": "draining", "components": components });
