@@ -7,8 +7,10 @@
 # registry can provide them. The fallback's fault tests always use containers (they stop,
 # pause, cut off and restart them) and need root for iptables. The cluster and Sentinel
 # tests run redis-server processes on loopback ports (Debian's redis-server, installed
-# here). If neither can be had the Redis tests fail, saying what to
-# install; nothing is skipped. Then every fuzz target runs for a few seconds.
+# here). If neither can be had the Redis tests fail, saying what to install; nothing is
+# skipped. The dashboard's browser test drives Debian's chromium through chromium-driver
+# (installed here; without them it fails saying so). Then every fuzz target runs for a
+# few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,13 @@ fi
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null || true
+    fi
+fi
+
+# The dashboard's browser test drives Debian's Chromium through chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || true
     fi
 fi
 

@@ -1,5 +1,7 @@
-//! The admin API, `/v1/admin/*`: rules (`rules.rs`), violations, statistics and the audit
-//! log (`records.rs`), behind bearer tokens (`auth.rs`). Off unless a token is configured.
+//! The admin API, `/v1/admin/*`: rules (`rules.rs`), violations, statistics, the audit
+//! log and the workers (`records.rs`), behind bearer tokens or a dashboard session
+//! (`auth.rs`); and the dashboard that reads it (`dashboard/`). Off unless a token is
+//! configured.
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -13,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::state::AppState;
 
 mod auth;
+mod dashboard;
 mod records;
 mod rules;
 
@@ -48,7 +51,7 @@ pub(crate) fn routes(state: &AppState) -> Option<Router<AppState>> {
         .route("/v1/admin/audit", get(records::audit))
         .route("/v1/admin/workers", get(records::workers))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
-    Some(routes)
+    Some(routes.merge(dashboard::routes()))
 }
 
 /// A refusal on its way to being answered: a problem response, boxed so that `Result`s
