@@ -18,8 +18,8 @@ pub(crate) enum BackendKind {
     Fallback,
     /// HTTP requests to `--url`: 2xx is allowed, 429 denied, anything else an error.
     Http,
-    /// `POST /v1/check` of `ratelimitd` at `--url` (its base URL), one client per key:
-    /// `"allowed": true` is allowed.
+    /// `POST /v1/check` of `ratelimitd` at `--url` (its base URL; several are taken in
+    /// turn), one client per key: `"allowed": true` is allowed.
     Check,
     /// Envoy's `ShouldRateLimit` (gRPC) at `--url` (`http://host:port`): one descriptor,
     /// `client` = one value per key, in `--domain`, over `--grpc-connections`.

@@ -23,8 +23,8 @@ pub(crate) enum Target {
     Limiter(Arc<dyn RateLimiter>, Arc<Policy>),
     Ping(Arc<RedisLimiter>),
     Http(reqwest::Client, Arc<[String]>, Option<Arc<str>>),
-    /// `POST {url}/v1/check`.
-    Check(reqwest::Client, Arc<str>),
+    /// `POST {url}/v1/check`, spread over the URLs.
+    Check(reqwest::Client, Arc<[String]>),
     /// Clients (one HTTP/2 connection each) shared by the tasks, and the domain.
     Grpc(Arc<[RateLimitServiceClient<Channel>]>, Arc<str>),
 }
@@ -76,8 +76,12 @@ pub(crate) async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimi
                 .pool_max_idle_per_host(args.concurrency)
                 .build()
                 .map_err(|e| format!("http client: {e}"))?;
-            let url = format!("{}/v1/check", args.urls[0].trim_end_matches('/'));
-            return Ok((Target::Check(http, url.into()), None));
+            let urls: Vec<String> = args
+                .urls
+                .iter()
+                .map(|u| format!("{}/v1/check", u.trim_end_matches('/')))
+                .collect();
+            return Ok((Target::Check(http, urls.into()), None));
         }
         BackendKind::Grpc => {
             let connections = args.grpc_connections.clamp(1, args.concurrency);
@@ -160,10 +164,11 @@ impl Target {
                     Err(_) => Outcome::Error,
                 }
             }
-            Target::Check(http, url) => {
+            Target::Check(http, urls) => {
+                let url = &urls[usize::try_from(i % urls.len() as u64).unwrap_or(0)];
                 let body = format!("{{\"client\":\"bench-{}\"}}", i % keys + 1);
                 let sent = http
-                    .post(&**url)
+                    .post(url)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()

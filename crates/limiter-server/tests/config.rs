@@ -16,6 +16,8 @@ fn run_with(
 ) -> (i32, String, String) {
     let file = file.map(config_file);
     let mut cmd = command();
+    // `ratelimitd config` writes nothing: the built-in default is what these tests read.
+    cmd.env_remove("RATELIMIT_RULES_FILE");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -2,10 +2,10 @@
 //! how it is doing; the live workers are those seen within the TTL. Plain commands, not a
 //! script: the limiter's script calls stay the only ones (what its cost figures count).
 //!
-//! Keys: a sorted set of worker IDs scored by when each was last seen (the worker's clock,
-//! in milliseconds: clocks must agree within a fraction of the TTL), and a hash of what
-//! each said of itself. A beat forgets the workers not seen within the TTL; both keys
-//! expire when no worker is left to beat.
+//! Keys: a sorted set of worker IDs scored by when each was last seen (Redis's clock, in
+//! milliseconds, so workers' clocks need not agree), and a hash of what each said of
+//! itself. A beat forgets the workers not seen within the TTL, in the same transaction
+//! that records it; both keys expire when no worker is left to beat.
 //! The count a worker last saw divides its limits while Redis is away
 //! ([`Fallback::set_fleet_size`](limiter_fallback::Fallback::set_fleet_size)).
 
@@ -26,7 +26,8 @@ pub(crate) const WORKER_INFO_KEY: &str = "rl:{admin}:workers:info";
 pub(crate) const BEAT: Duration = Duration::from_secs(1);
 
 /// One worker, as it describes itself in its heartbeat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct Member {
     /// The worker's name (`worker_name`, or the host name and process ID).
     pub(crate) id: String,
@@ -127,20 +128,20 @@ impl Members {
         me: &Member,
     ) -> redis::RedisResult<u32> {
         let ttl = ttl_ms(self.ttl);
-        let now = now_ms();
-        let gone: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(WORKERS_KEY)
-            .arg("-inf")
-            .arg(format!("({}", now.saturating_sub(ttl)))
-            .query_async(conn)
-            .await?;
+        let now = redis_now_ms(conn).await?;
+        let cutoff = now.saturating_sub(ttl);
+        let json = serde_json::to_string(me).unwrap_or_default();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        if !gone.is_empty() {
-            pipe.cmd("ZREM").arg(WORKERS_KEY).arg(&gone).ignore();
-            pipe.cmd("HDEL").arg(WORKER_INFO_KEY).arg(&gone).ignore();
-        }
-        let json = serde_json::to_string(me).unwrap_or_default();
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(WORKERS_KEY)
+            .arg("-inf")
+            .arg(format!("({cutoff}"));
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(WORKERS_KEY)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .ignore();
         pipe.cmd("ZADD")
             .arg(WORKERS_KEY)
             .arg(now)
@@ -157,11 +158,17 @@ impl Members {
                 .arg(ttl.saturating_mul(2))
                 .ignore();
         }
-        pipe.cmd("ZCOUNT")
-            .arg(WORKERS_KEY)
-            .arg(now.saturating_sub(ttl))
-            .arg("+inf");
-        let (live,): (u32,) = pipe.query_async(conn).await?;
+        pipe.cmd("ZCARD").arg(WORKERS_KEY);
+        let (gone, live): (Vec<String>, u32) = pipe.query_async(conn).await?;
+        if !gone.is_empty() {
+            // What the workers gone said of themselves (a worker back since then says it
+            // again at its next beat).
+            let () = redis::cmd("HDEL")
+                .arg(WORKER_INFO_KEY)
+                .arg(&gone)
+                .query_async(conn)
+                .await?;
+        }
         self.seen.store(live.max(1), Ordering::Relaxed);
         Ok(live)
     }
@@ -171,7 +178,7 @@ impl Members {
         &self,
         conn: &mut impl redis::aio::ConnectionLike,
     ) -> redis::RedisResult<Vec<Member>> {
-        let cutoff = now_ms().saturating_sub(ttl_ms(self.ttl));
+        let cutoff = redis_now_ms(conn).await?.saturating_sub(ttl_ms(self.ttl));
         let live: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(WORKERS_KEY)
             .arg(cutoff)
@@ -203,6 +210,13 @@ impl Members {
         members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(members)
     }
+}
+
+/// Redis's clock, in milliseconds: one clock for the whole fleet, whatever the workers'
+/// own say.
+async fn redis_now_ms(conn: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {

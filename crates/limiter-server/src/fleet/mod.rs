@@ -425,7 +425,12 @@ impl Fleet {
                     .map_err(|e| StoreError::Unavailable(RedisConnection::error(e).to_string()))
             });
             match beat.await {
-                Ok(live) => redis.fallback().set_fleet_size(live),
+                // Only while Redis decides: a share changed during an outage would start
+                // the degraded clients on fresh buckets.
+                Ok(live) if redis.fallback().state() == limiter_fallback::CircuitState::Closed => {
+                    redis.fallback().set_fleet_size(live);
+                }
+                Ok(_) => {}
                 // Redis away: the last count seen stays in force.
                 Err(e) => tracing::debug!(error = %e, "heartbeat not sent"),
             }

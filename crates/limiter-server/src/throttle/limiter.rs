@@ -1,8 +1,8 @@
 //! [`Throttled`]: a limiter that, while throttling is on, also holds chosen policies to a
 //! tighter bucket of their own (the policy's quotas times a factor). The policy's own
 //! buckets keep counting all along, so nothing is reset when throttling starts or stops,
-//! and the tighter limit is exact while it lasts: a request must fit both, and one the
-//! tighter bucket denies takes nothing from the other.
+//! and the tighter limit is exact while it lasts: a request must fit both, and one either
+//! denies takes nothing from the other.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +66,26 @@ impl Throttled {
     }
 }
 
+/// Counts a denial throttling caused.
+fn throttled(policy: &Policy) {
+    metrics::counter!("ratelimit_throttle_denials_total", "policy" => policy.name().to_owned())
+        .increment(1);
+}
+
+/// The denial of a cost larger than the tighter bucket can ever hold.
+fn beyond(tight: &Policy) -> Decision {
+    Decision {
+        allowed: false,
+        limit: tight.quotas().first().map_or(0, Quota::capacity),
+        remaining: 0,
+        reset_after: std::time::Duration::ZERO,
+        retry_after: None,
+        backend: limiter_core::Backend::None,
+        degraded: false,
+        quota: Some(0),
+    }
+}
+
 /// `policy` with every quota's rate and burst times `factor` (rounded down, at least 1),
 /// named `<name>.throttled`.
 pub(crate) fn tighten(policy: &Policy, factor: f64) -> Option<Policy> {
@@ -87,25 +107,38 @@ pub(crate) fn tighten(policy: &Policy, factor: f64) -> Option<Policy> {
 #[async_trait]
 impl RateLimiter for Throttled {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
-        let own = self.inner.check(key, policy, cost).await?;
         let Some(tight) = self.tight(policy) else {
-            return Ok(own);
+            return self.inner.check(key, policy, cost).await;
         };
-        if !own.allowed {
-            return Ok(own);
-        }
-        match self.inner.check(key, &tight, cost).await {
-            Ok(held) if held.allowed => Ok(held),
-            Ok(held) => {
-                // Denied by the tighter bucket: the request takes nothing from its own.
-                let _ = self.inner.refund(key, policy, cost).await;
-                metrics::counter!("ratelimit_throttle_denials_total", "policy" => policy.name().to_owned())
-                    .increment(1);
-                Ok(held)
+        // The tighter bucket first: its denials, the common ones while throttling, cost one
+        // call, and none once the deny cache holds them.
+        let held = match self.inner.check(key, &tight, cost).await {
+            Ok(held) => held,
+            Err(e) if e.is_insufficient_capacity() => {
+                throttled(policy);
+                return Ok(beyond(&tight));
             }
-            // The tighter bucket cannot decide (or the cost exceeds it): the policy's own
-            // decision stands; throttling never turns a request into an error.
-            Err(_) => Ok(own),
+            // The tighter bucket cannot decide: the policy's own bucket does; throttling
+            // never turns a request into an error.
+            Err(_) => return self.inner.check(key, policy, cost).await,
+        };
+        if !held.allowed {
+            throttled(policy);
+            return Ok(held);
+        }
+        match self.inner.check(key, policy, cost).await {
+            // Both admit: report the one with less left, the limit that binds.
+            Ok(own) if own.allowed => Ok(if held.remaining < own.remaining {
+                held
+            } else {
+                own
+            }),
+            other => {
+                // The policy's own bucket denies (or cannot decide): the request takes
+                // nothing from the tighter one either.
+                let _ = self.inner.refund(key, &tight, cost).await;
+                other
+            }
         }
     }
 

@@ -57,16 +57,25 @@ impl Throttle {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Whether `decision`, a denial under `policy`, is throttling's: the tighter bucket's
-    /// capacity, below the policy's own.
+    /// Whether `decision`, a denial under `policy`, is throttling's: it reports the
+    /// tighter bucket (its capacity), not the policy's own.
     pub(crate) fn denied(&self, policy: &Policy, decision: &Decision) -> bool {
-        !decision.allowed
-            && self.active()
-            && self.config.keep_percent.contains_key(policy.name())
-            && decision
-                .quota
-                .and_then(|i| policy.quotas().get(i))
-                .is_some_and(|q| decision.limit < q.capacity())
+        if decision.allowed || !self.active() {
+            return false;
+        }
+        let Some(keep) = self.config.keep_percent.get(policy.name()) else {
+            return false;
+        };
+        let Some(tight) = limiter::tighten(policy, f64::from(*keep) / 100.0) else {
+            return false;
+        };
+        let i = decision.quota.unwrap_or(0);
+        match (tight.quotas().get(i), policy.quotas().get(i)) {
+            (Some(t), Some(own)) => {
+                decision.limit == t.capacity() && t.capacity() != own.capacity()
+            }
+            _ => false,
+        }
     }
 
     /// For `/health/ready`.
@@ -163,7 +172,11 @@ impl Sampler {
             true,
             refresh,
         );
-        let total = self.system.total_memory();
+        // Inside a container, the cgroup's limit is the memory there is.
+        let total = self
+            .system
+            .cgroup_limits()
+            .map_or_else(|| self.system.total_memory(), |c| c.total_memory);
         match self.system.process(self.pid) {
             Some(p) => Sample {
                 cpu: f64::from(p.cpu_usage()) / 100.0 / self.cores,

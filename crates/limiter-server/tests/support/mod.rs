@@ -33,6 +33,15 @@ pub fn command() -> Command {
         }
     }
     cmd.env("RUST_LOG", "debug");
+    // Rules persist in a file of each process's own (a flag still wins): a test that turns
+    // the kill switch off must not leave it off for the next server in the crate directory.
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!(
+        "ratelimitd-test-{}-{n}.rules.json",
+        std::process::id()
+    ));
+    cmd.env("RATELIMIT_RULES_FILE", file);
     cmd
 }
 

@@ -24,6 +24,8 @@ pub(crate) use auth::AdminAuth;
 /// The admin API served on an address of its own; `None` when no token is configured.
 pub(crate) fn router(state: AppState) -> Option<Router> {
     let routes = routes(&state)?;
+    // The dashboard reads readiness (Redis's health) from the address it is served on.
+    let routes = routes.route("/health/ready", get(super::health::ready));
     Some(routes.fallback(super::not_found).with_state(state))
 }
 

@@ -17,13 +17,10 @@ async function get(path) {
   return res.json();
 }
 
-async function send(method, path, body) {
-  const res = await fetch(path, {
-    method,
-    credentials: 'same-origin',
-    headers: { 'content-type': 'application/json', 'x-csrf-token': csrf },
-    body: JSON.stringify(body),
-  });
+async function send(method, path, body, version) {
+  const headers = { 'content-type': 'application/json', 'x-csrf-token': csrf };
+  if (version !== undefined) headers['if-match'] = `"${version}"`;
+  const res = await fetch(path, { method, credentials: 'same-origin', headers, body: JSON.stringify(body) });
   const answer = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error(answer.detail || `${res.status}`);
   return answer;
@@ -83,40 +80,55 @@ function chart(series, stepSeconds) {
     parts.push(p);
   }
   svg.replaceChildren(...parts);
-  const last = series[series.length - 1] || { allowed: 0, denied: 0, shadow_denied: 0 };
+  // The newest point is the minute under way: the one before is the last whole minute.
+  const last = series[series.length - 2] || { allowed: 0, denied: 0, shadow_denied: 0 };
   document.getElementById('chart-summary').textContent =
-    `Last minute: ${rate(last, 'allowed').toFixed(1)} allowed/s, ${rate(last, 'denied').toFixed(1)} denied/s, ` +
+    `Last whole minute: ${rate(last, 'allowed').toFixed(1)} allowed/s, ${rate(last, 'denied').toFixed(1)} denied/s, ` +
     `${rate(last, 'shadow_denied').toFixed(1)} shadow-denied/s.`;
 }
 
 function renderRules(rules, version) {
   const table = document.getElementById('rules');
-  // Never rebuild under a hand that is editing a rule.
-  if (table.contains(document.activeElement) && version === rulesVersion) return;
-  if (version === rulesVersion) return;
+  // Never rebuild under a hand that is editing a rule; unchanged rules need no rebuild.
+  if (version === rulesVersion || table.contains(document.activeElement)) return;
   rulesVersion = version;
   fill('rules', rules, (rule) => {
-    const mode = el('select', { name: 'mode', 'aria-label': `Mode of ${rule.name}` },
-      ...['enforce', 'shadow', 'off'].map((m) => el('option', { value: m, selected: (rule.mode || 'enforce') === m }, m)));
+    const current = { mode: rule.mode || 'enforce', rollout: rule.rollout_percent ?? 100 };
+    const mode = el('select', { name: 'mode' },
+      ...['enforce', 'shadow', 'off'].map((m) => el('option', { value: m, selected: current.mode === m }, m)));
     mode.setAttribute('aria-label', `Mode of ${rule.name}`);
-    const rollout = el('input', { type: 'number', min: 0, max: 100, step: 1, name: 'rollout', value: rule.rollout_percent ?? 100 });
+    const rollout = el('input', { type: 'number', min: 0, max: 100, step: 1, name: 'rollout', value: current.rollout, required: true });
     rollout.setAttribute('aria-label', `Rollout percent of ${rule.name}`);
     const apply = el('button', { type: 'button', className: 'apply' }, 'Apply');
     apply.setAttribute('aria-label', `Apply to ${rule.name}`);
     apply.addEventListener('click', async () => {
       const message = document.getElementById('rules-message');
+      const percent = Number(rollout.value);
+      if (rollout.value.trim() === '' || !Number.isInteger(percent) || percent < 0 || percent > 100) {
+        message.textContent = `${rule.name}: the rollout must be a whole number from 0 to 100.`;
+        rollout.focus();
+        return;
+      }
+      // Only what changed, against the version shown: another admin's change in between
+      // is refused (412), not overwritten.
+      const patch = {};
+      if (mode.value !== current.mode) patch.mode = mode.value;
+      if (percent !== current.rollout) patch.rollout_percent = percent;
+      if (Object.keys(patch).length === 0) {
+        message.textContent = `${rule.name}: nothing to change.`;
+        return;
+      }
       try {
-        await send('PATCH', `/v1/admin/rules/${encodeURIComponent(rule.name)}`,
-          { mode: mode.value, rollout_percent: Number(rollout.value) });
-        message.textContent = `${rule.name}: ${mode.value}, ${rollout.value} % — applied fleet-wide.`;
+        await send('PATCH', `/v1/admin/rules/${encodeURIComponent(rule.name)}`, patch, version);
+        message.textContent = `${rule.name}: ${mode.value}, ${percent} % — applied fleet-wide.`;
         rulesVersion = null;
+        apply.blur();
         refresh();
       } catch (e) {
         message.textContent = `${rule.name}: not applied: ${e.message}`;
       }
     });
-    const row = [td(rule.name), td(rule.match ? `${rule.scope} ${rule.match}` : rule.scope), el('td', null, mode), el('td', null, rollout), el('td', null, apply)];
-    return row;
+    return [td(rule.name), td(rule.match ? `${rule.scope} ${rule.match}` : rule.scope), el('td', null, mode), el('td', null, rollout), el('td', null, apply)];
   });
   for (const row of document.querySelectorAll('#rules tbody tr')) {
     const name = row.firstChild && row.firstChild.textContent;
@@ -144,32 +156,43 @@ document.getElementById('kill').addEventListener('click', async (event) => {
 });
 
 async function refresh() {
-  try {
-    const [stats, workers, rules, enforcement, violations, ready] = await Promise.all([
-      get('/v1/admin/stats?window=1h&step=1m'),
-      get('/v1/admin/workers'),
-      get('/v1/admin/rules'),
-      get('/v1/admin/enforcement'),
-      get('/v1/admin/violations?since=1h&limit=1000'),
-      fetch('/health/ready', { cache: 'no-store' }).then((r) => r.json()),
-    ]);
+  const asked = await Promise.allSettled([
+    get('/v1/admin/stats?window=1h&step=1m'),
+    get('/v1/admin/workers'),
+    get('/v1/admin/rules'),
+    get('/v1/admin/enforcement'),
+    get('/v1/admin/violations?since=1h&limit=1000'),
+    fetch('/health/ready', { cache: 'no-store' }).then((r) => r.json()),
+  ]);
+  const [stats, workers, rules, enforcement, violations, ready] = asked.map((a) => (a.status === 'fulfilled' ? a.value : null));
+  const failed = asked.filter((a) => a.status === 'rejected').map((a) => a.reason.message);
+  // Each panel from what answered; one that did not says so instead of showing old data.
+  if (stats) {
     chart(stats.series, stats.step);
-    renderEnforcement(enforcement);
-    const redis = ready.components && ready.components.redis;
-    const redisText = document.getElementById('redis');
-    redisText.textContent = redis
-      ? `${redis.status} (circuit ${redis.circuit}, ${(redis.degraded_keyspace * 100).toFixed(0)} % of the keyspace from memory)`
+    const denials = (stats.by_rule || []).filter((r) => r.denied + r.shadow_denied > 0)
+      .sort((a, b) => (b.denied + b.shadow_denied) - (a.denied + a.shadow_denied));
+    fill('denials', denials, (r) => [td(r.rule || '(tier policy)'), td(r.tier), num(r.denied), num(r.shadow_denied)]);
+  } else {
+    document.getElementById('chart-summary').textContent = 'Statistics unavailable (Redis?): the chart is not current.';
+  }
+  if (enforcement) renderEnforcement(enforcement);
+  const redisText = document.getElementById('redis');
+  const redis = ready && ready.components && ready.components.redis;
+  redisText.textContent = !ready ? 'unknown: this worker did not answer'
+    : redis ? `${redis.status} (circuit ${redis.circuit}, ${(redis.degraded_keyspace * 100).toFixed(0)} % of the keyspace from memory)`
       : 'not used: this worker decides in memory';
-    redisText.className = redis && redis.status !== 'ok' ? 'bad' : '';
+  redisText.className = !ready || (redis && redis.status !== 'ok') ? 'bad' : '';
+  if (workers) {
     fill('workers', workers.workers, (w) => [
       td(w.id), td(w.address || '—'), td(w.backend, w.backend === 'redis' || w.backend === 'memory' ? '' : 'bad'),
       num(w.degraded_share * 100, 0), td(w.throttling ? 'yes' : 'no', w.throttling ? 'bad' : ''),
       num(w.checks_per_sec, 1), td(ago(w.last_seen)),
     ]);
-    renderRules(rules.rules || [], enforcement.version);
-    const denials = (stats.by_rule || []).filter((r) => r.denied + r.shadow_denied > 0)
-      .sort((a, b) => (b.denied + b.shadow_denied) - (a.denied + a.shadow_denied));
-    fill('denials', denials, (r) => [td(r.rule || '(tier policy)'), td(r.tier), num(r.denied), num(r.shadow_denied)]);
+  } else {
+    fill('workers', [], () => []);
+  }
+  if (rules) renderRules(rules.rules || [], rules.version);
+  if (violations) {
     const byClient = new Map();
     for (const v of violations.violations) byClient.set(v.client, (byClient.get(v.client) || 0) + 1);
     const top = [...byClient.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10);
@@ -178,10 +201,10 @@ async function refresh() {
       td(new Date(v.time).toLocaleTimeString()), td(v.rule || '(tier policy)'), td(v.tier),
       el('td', null, el('code', null, v.client)), td(v.shadow ? 'yes' : 'no'), td(v.worker),
     ]);
-    document.getElementById('updated').textContent = `Updated ${new Date().toLocaleTimeString()}`;
-  } catch (e) {
-    document.getElementById('updated').textContent = `Not updated: ${e.message}`;
   }
+  const now = new Date().toLocaleTimeString();
+  document.getElementById('updated').textContent = failed.length === 0
+    ? `Updated ${now}` : `Updated ${now}, partly: ${failed.join('; ')}`;
 }
 
 refresh();

@@ -14,6 +14,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use subtle::ConstantTimeEq;
 
 use super::auth::{self, COOKIE, Refused, SESSION};
 use crate::state::AppState;
@@ -165,7 +166,8 @@ async fn logout(
 ) -> Response {
     if let (Some(auth), Some(cookie)) = (state.admin.as_deref(), auth::session_cookie(&headers))
         && let Some(session) = auth.session(cookie)
-        && form_field(&body, "csrf").as_deref() == Some(session.csrf.as_str())
+        && form_field(&body, "csrf")
+            .is_some_and(|c| bool::from(c.as_bytes().ct_eq(session.csrf.as_bytes())))
     {
         auth.close(cookie);
     }
