@@ -154,3 +154,98 @@ fn throttle_settings_are_checked_by_name() {
         assert!(stderr.contains(expected), "{expected} not in {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_answers_turn_throttling_on_and_fast_ones_off() {
+    let redis = TestRedis::container().await;
+    let file = config_file(
+        "[fallback]\ndeadline_ms = 2000\n\
+         [throttle]\nenabled = true\ncpu_percent = 100\nrelax_cpu_percent = 100\n\
+         memory_percent = 100\nrelax_memory_percent = 100\n\
+         redis_p99_ms = 30\nrelax_redis_p99_ms = 20\n\
+         hold_ms = 1000\nrelax_ms = 2000\nsample_ms = 250\n",
+    );
+    let server = Server::start(&[
+        "--config",
+        path(&file),
+        "--redis-url",
+        &redis.url,
+        "--hash-secret",
+        SECRET,
+    ]);
+    let http = client();
+    ready(&http, &server).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|t| {
+            let (http, url, stop) = (http.clone(), server.url("/v1/check"), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = http
+                        .post(&url)
+                        .json(&json!({ "client": format!("c-{t}-{i}") }))
+                        .send()
+                        .await;
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    // Redis busy 60 ms at a time (a script spinning on its clock): the checks queue behind.
+    let busy = Arc::new(AtomicBool::new(true));
+    let blocker = {
+        let (busy, mut conn) = (busy.clone(), redis.raw().await);
+        tokio::spawn(async move {
+            let spin = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
+                        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 60000; return 1";
+            while busy.load(Ordering::Relaxed) {
+                let _: i64 = limiter_redis::redis::cmd("EVAL")
+                    .arg(spin)
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let state = throttle_state(&http, &server).await;
+        if state["active"] == true {
+            eprintln!("throttling on after {:?}: {state}", started.elapsed());
+            assert!(state["redis_p99_ms"].as_f64().unwrap() > 30.0, "{state}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never throttled: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    busy.store(false, Ordering::Relaxed);
+    blocker.await.unwrap();
+    let quick = Instant::now();
+    loop {
+        let state = throttle_state(&http, &server).await;
+        if state["active"] == false {
+            eprintln!(
+                "throttling off {:?} after Redis was quick again: {state}",
+                quick.elapsed()
+            );
+            break;
+        }
+        assert!(
+            quick.elapsed() < Duration::from_secs(20),
+            "never relaxed: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+}

@@ -20,6 +20,11 @@ pub struct ThrottleSection {
     /// Memory used by this process, in percent of the machine's, above which pressure
     /// counts. Default 90.
     pub memory_percent: u8,
+    /// The p99 of this worker's Redis checks over a sample, in ms, above which pressure
+    /// counts. Default 0: Redis latency is not a pressure.
+    pub redis_p99_ms: u64,
+    /// The p99 below which (with CPU and memory below theirs) pressure is gone. Default 0.
+    pub relax_redis_p99_ms: u64,
     /// Pressure above a threshold this long (ms) turns throttling on. Default 5,000.
     pub hold_ms: u64,
     /// CPU below which, with memory below `relax_memory_percent`, pressure is gone.
@@ -42,6 +47,8 @@ impl Default for ThrottleSection {
             enabled: false,
             cpu_percent: 85,
             memory_percent: 90,
+            redis_p99_ms: 0,
+            relax_redis_p99_ms: 0,
             hold_ms: 5_000,
             relax_cpu_percent: 60,
             relax_memory_percent: 80,
@@ -78,6 +85,18 @@ impl ThrottleSection {
             return Err(ConfigError::field(
                 "throttle.relax_memory_percent",
                 "must not be above memory_percent",
+            ));
+        }
+        if self.redis_p99_ms > 0 && !(1..=self.redis_p99_ms).contains(&self.relax_redis_p99_ms) {
+            return Err(ConfigError::field(
+                "throttle.relax_redis_p99_ms",
+                "must be 1 to redis_p99_ms when redis_p99_ms is set",
+            ));
+        }
+        if self.redis_p99_ms > 60_000 {
+            return Err(ConfigError::field(
+                "throttle.redis_p99_ms",
+                "must be at most 60,000",
             ));
         }
         if !(100..=3_600_000).contains(&self.sample_ms) {

@@ -7,10 +7,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use limiter_core::{ClientKey, Decision, Error, Partitioned, Policy, Quota, RateLimiter};
 use parking_lot::RwLock;
+
+use super::latency::Latencies;
 
 /// The tighter policies, by the id of the policy they tighten.
 type Tight = RwLock<HashMap<u64, Option<Arc<Policy>>>>;
@@ -22,6 +25,8 @@ pub(crate) struct Throttled {
     /// Policy name (a tier's or a rule's) → the share of its limit kept while throttling.
     factors: HashMap<String, f64>,
     tight: Tight,
+    /// Where the latencies of checks Redis decided go.
+    latencies: Arc<Latencies>,
 }
 
 impl std::fmt::Debug for Throttled {
@@ -38,13 +43,27 @@ impl Throttled {
         inner: Arc<dyn RateLimiter>,
         active: Arc<AtomicBool>,
         factors: HashMap<String, f64>,
+        latencies: Arc<Latencies>,
     ) -> Self {
         Self {
             inner,
             active,
             factors,
             tight: RwLock::new(HashMap::new()),
+            latencies,
         }
+    }
+
+    /// `inner.check`, its latency noted when Redis decided.
+    async fn timed(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
+        let started = Instant::now();
+        let decided = self.inner.check(key, policy, cost).await;
+        if let Ok(d) = &decided
+            && d.backend == limiter_core::Backend::Redis
+        {
+            self.latencies.record(started.elapsed());
+        }
+        decided
     }
 
     /// The tighter policy for `policy` while throttling is on and it is chosen.
@@ -108,11 +127,11 @@ pub(crate) fn tighten(policy: &Policy, factor: f64) -> Option<Policy> {
 impl RateLimiter for Throttled {
     async fn check(&self, key: &ClientKey, policy: &Policy, cost: u64) -> Result<Decision, Error> {
         let Some(tight) = self.tight(policy) else {
-            return self.inner.check(key, policy, cost).await;
+            return self.timed(key, policy, cost).await;
         };
         // The tighter bucket first: its denials, the common ones while throttling, cost one
         // call, and none once the deny cache holds them.
-        let held = match self.inner.check(key, &tight, cost).await {
+        let held = match self.timed(key, &tight, cost).await {
             Ok(held) => held,
             Err(e) if e.is_insufficient_capacity() => {
                 throttled(policy);
@@ -120,13 +139,13 @@ impl RateLimiter for Throttled {
             }
             // The tighter bucket cannot decide: the policy's own bucket does; throttling
             // never turns a request into an error.
-            Err(_) => return self.inner.check(key, policy, cost).await,
+            Err(_) => return self.timed(key, policy, cost).await,
         };
         if !held.allowed {
             throttled(policy);
             return Ok(held);
         }
-        match self.inner.check(key, policy, cost).await {
+        match self.timed(key, policy, cost).await {
             // Both admit: report the one with less left, the limit that binds.
             Ok(own) if own.allowed => Ok(if held.remaining < own.remaining {
                 held

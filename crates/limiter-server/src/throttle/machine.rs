@@ -11,6 +11,9 @@ pub(crate) struct Sample {
     pub(crate) cpu: f64,
     /// Memory used by the process, as a share of the machine's.
     pub(crate) memory: f64,
+    /// The p99 of this worker's Redis checks since the last sample, in milliseconds;
+    /// `None` when it made none.
+    pub(crate) redis_ms: Option<f64>,
 }
 
 /// The thresholds, as shares (0 to 1) and milliseconds.
@@ -18,19 +21,27 @@ pub(crate) struct Sample {
 pub(crate) struct Bands {
     pub(crate) cpu_above: f64,
     pub(crate) memory_above: f64,
+    /// `None`: Redis latency is not a pressure.
+    pub(crate) redis_ms_above: Option<f64>,
     pub(crate) cpu_below: f64,
     pub(crate) memory_below: f64,
+    pub(crate) redis_ms_below: Option<f64>,
     pub(crate) hold: Duration,
     pub(crate) relax: Duration,
 }
 
 impl Bands {
     fn over(&self, s: &Sample) -> bool {
-        s.cpu > self.cpu_above || s.memory > self.memory_above
+        let slow =
+            matches!((s.redis_ms, self.redis_ms_above), (Some(ms), Some(above)) if ms > above);
+        s.cpu > self.cpu_above || s.memory > self.memory_above || slow
     }
 
     fn under(&self, s: &Sample) -> bool {
-        s.cpu < self.cpu_below && s.memory < self.memory_below
+        // No Redis check since the last sample says nothing against relaxing.
+        let slow =
+            matches!((s.redis_ms, self.redis_ms_below), (Some(ms), Some(below)) if ms >= below);
+        s.cpu < self.cpu_below && s.memory < self.memory_below && !slow
     }
 }
 
@@ -86,8 +97,10 @@ mod tests {
         Bands {
             cpu_above: 0.8,
             memory_above: 0.9,
+            redis_ms_above: Some(20.0),
             cpu_below: 0.5,
             memory_below: 0.8,
+            redis_ms_below: Some(10.0),
             hold: Duration::from_secs(3),
             relax: Duration::from_secs(10),
         }
@@ -158,5 +171,26 @@ mod tests {
         };
         assert_eq!(run(&[mem; 4]), vec![(3, true)]);
         assert_eq!(run(&[Sample::default(); 100]), vec![]);
+    }
+
+    #[test]
+    fn slow_redis_checks_count_and_must_be_fast_again_to_relax() {
+        let slow = Sample {
+            redis_ms: Some(30.0),
+            ..Sample::default()
+        };
+        let middling = Sample {
+            redis_ms: Some(15.0),
+            ..Sample::default()
+        };
+        let fast = Sample {
+            redis_ms: Some(2.0),
+            ..Sample::default()
+        };
+        let mut samples = vec![slow; 4];
+        samples.extend(vec![middling; 20]);
+        samples.extend(vec![fast; 11]);
+        // On at 3; between the bands for 20 s: still on; fast from 24: off at 34.
+        assert_eq!(run(&samples), vec![(3, true), (34, false)]);
     }
 }

@@ -1,4 +1,5 @@
-//! Load-aware throttling: the worker samples its own CPU and memory; under pressure held
+//! Load-aware throttling: the worker samples its own CPU and memory and the p99 of the
+//! Redis checks it makes (`latency.rs`); under pressure held
 //! for a while it tightens chosen policies (a tier's or a rule's) by a factor, and relaxes
 //! once the pressure has stayed away for a while (see `machine.rs`). Tightening is a
 //! second, smaller bucket a request must also fit (`limiter.rs`): exact, and nothing is
@@ -14,10 +15,12 @@ use limiter_core::{Decision, Policy, RateLimiter};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+mod latency;
 mod limiter;
 mod machine;
 
 use crate::config::ThrottleSection;
+use latency::Latencies;
 use machine::{Bands, Machine, Sample};
 
 /// The throttle of one worker: its switch, its policy, what it last saw.
@@ -26,6 +29,8 @@ pub(crate) struct Throttle {
     config: ThrottleSection,
     active: Arc<AtomicBool>,
     last: Mutex<Sample>,
+    /// The Redis checks' latencies since the last sample.
+    latencies: Arc<Latencies>,
 }
 
 impl Throttle {
@@ -34,6 +39,7 @@ impl Throttle {
             config: config.clone(),
             active: Arc::new(AtomicBool::new(false)),
             last: Mutex::new(Sample::default()),
+            latencies: Arc::new(Latencies::default()),
         }
     }
 
@@ -50,7 +56,12 @@ impl Throttle {
             .iter()
             .map(|(name, keep)| (name.clone(), f64::from(*keep) / 100.0))
             .collect();
-        Arc::new(limiter::Throttled::new(limiter, self.switch(), factors))
+        Arc::new(limiter::Throttled::new(
+            limiter,
+            self.switch(),
+            factors,
+            Arc::clone(&self.latencies),
+        ))
     }
 
     pub(crate) fn active(&self) -> bool {
@@ -85,17 +96,21 @@ impl Throttle {
             "active": self.active(),
             "cpu_percent": (last.cpu * 1000.0).round() / 10.0,
             "memory_percent": (last.memory * 1000.0).round() / 10.0,
+            "redis_p99_ms": last.redis_ms,
         })
     }
 
     fn bands(&self) -> Bands {
         let c = &self.config;
         let share = |p: u8| f64::from(p) / 100.0;
+        let ms = |m: u64| (c.redis_p99_ms > 0).then_some(m as f64);
         Bands {
             cpu_above: share(c.cpu_percent),
             memory_above: share(c.memory_percent),
+            redis_ms_above: ms(c.redis_p99_ms),
             cpu_below: share(c.relax_cpu_percent),
             memory_below: share(c.relax_memory_percent),
+            redis_ms_below: ms(c.relax_redis_p99_ms),
             hold: Duration::from_millis(c.hold_ms),
             relax: Duration::from_millis(c.relax_ms),
         }
@@ -126,6 +141,10 @@ impl Throttle {
                 Err(_) => return,
             };
             sampler = back;
+            let sample = Sample {
+                redis_ms: self.latencies.take_p99_ms(),
+                ..sample
+            };
             *self.last.lock() = sample;
             if let Some(on) = machine.observe(Instant::now(), &sample) {
                 self.active.store(on, Ordering::Relaxed);
@@ -185,6 +204,7 @@ impl Sampler {
                 } else {
                     p.memory() as f64 / total as f64
                 },
+                redis_ms: None,
             },
             None => Sample::default(),
         }
