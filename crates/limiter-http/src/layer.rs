@@ -5,7 +5,7 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use http::request::Parts;
-use limiter_core::{ClientKeyHasher, RateLimiter, TierPolicies};
+use limiter_core::{ClientKeyHasher, Decision, Policy, RateLimiter, TierPolicies};
 use limiter_rules::{Observe, Rules};
 use tower_layer::Layer;
 
@@ -66,6 +66,7 @@ impl RateLimitLayer {
                 rules: None,
                 resource: Arc::new(path_resource),
                 observer: None,
+                explain: None,
             },
         }
     }
@@ -145,6 +146,17 @@ impl RateLimitLayer {
     /// Where each decided request is reported (statistics, violations), when rules are on.
     pub fn observe(mut self, observer: Arc<dyn Observe>) -> Self {
         self.shared.observer = Some(observer);
+        self
+    }
+
+    /// Says why a denial happened when something other than the limit itself caused it
+    /// (a server that tightens limits under load answers `"throttled"`): the 429's
+    /// problem+json gains `"reason"`. Called with the policy that decided and its decision.
+    pub fn explain_denials<F>(mut self, explain: F) -> Self
+    where
+        F: Fn(&Policy, &Decision) -> Option<&'static str> + Send + Sync + 'static,
+    {
+        self.shared.explain = Some(Arc::new(explain));
         self
     }
 }

@@ -33,18 +33,25 @@ pub fn problem(status: StatusCode, detail: &str, extra: Map<String, Value>) -> R
 /// The 429 for a denied `decision`: problem+json with the tier, the wait in milliseconds,
 /// and every rate-limit field.
 pub fn too_many_requests(policy: &Policy, decision: &Decision) -> Response<Bytes> {
-    let mut response = too_many_requests_body(policy, decision);
+    let mut response = too_many_requests_body(policy, decision, None);
     insert_rate_limit_headers(response.headers_mut(), policy, decision);
     response
 }
 
 /// The 429 without its rate-limit fields, for a caller that adds them itself.
-pub(crate) fn too_many_requests_body(policy: &Policy, decision: &Decision) -> Response<Bytes> {
+pub(crate) fn too_many_requests_body(
+    policy: &Policy,
+    decision: &Decision,
+    reason: Option<&'static str>,
+) -> Response<Bytes> {
     let wait = decision.retry_after.unwrap_or_default();
     let mut extra = Map::new();
     extra.insert("policy".into(), policy.name().into());
     // Rounded up, as Retry-After is: a client that waits this long is not early.
     extra.insert("retry_after_ms".into(), ceil_millis(wait).into());
+    if let Some(reason) = reason {
+        extra.insert("reason".into(), reason.into());
+    }
     let detail = format!(
         "rate limit of policy {} exceeded; retry in {} s",
         policy.name(),

@@ -62,7 +62,12 @@ impl Asked {
                 let limits = shared.limits(tier);
                 let response = match &policy {
                     None => {
-                        let mut response = too_many_requests_body(&limits.policy, &decision);
+                        let reason = shared
+                            .explain
+                            .as_ref()
+                            .and_then(|f| f(&limits.policy, &decision));
+                        let mut response =
+                            too_many_requests_body(&limits.policy, &decision, reason);
                         let headers = response.headers_mut();
                         insert_with_policy(
                             headers,
@@ -73,7 +78,8 @@ impl Asked {
                         response
                     }
                     Some(policy) => {
-                        let mut response = too_many_requests_body(policy, &decision);
+                        let reason = shared.explain.as_ref().and_then(|f| f(policy, &decision));
+                        let mut response = too_many_requests_body(policy, &decision, reason);
                         let header = policy_header(policy);
                         insert_with_policy(response.headers_mut(), policy, &header, &decision);
                         response

@@ -44,7 +44,12 @@ pub(crate) struct Shared {
     pub(crate) rules: Option<Rules>,
     pub(crate) resource: ResourceOf,
     pub(crate) observer: Option<Arc<dyn Observe>>,
+    pub(crate) explain: Option<ExplainDenial>,
 }
+
+/// Says why a denial happened when it is not the limit itself (`"throttled"`).
+pub(crate) type ExplainDenial =
+    Arc<dyn Fn(&Policy, &Decision) -> Option<&'static str> + Send + Sync>;
 
 /// Names a request's resource for rules.
 pub(crate) type ResourceOf = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;

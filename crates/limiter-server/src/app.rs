@@ -64,6 +64,15 @@ impl App {
                 OutagePolicy::Deny => OnError::Deny,
                 _ => OnError::Allow,
             });
+        let guard = match &throttle {
+            Some(throttle) => {
+                let throttle = Arc::clone(throttle);
+                guard.explain_denials(move |policy, decision| {
+                    throttle.denied(policy, decision).then_some("throttled")
+                })
+            }
+            None => guard,
+        };
         let state = AppState {
             limiter,
             backend,

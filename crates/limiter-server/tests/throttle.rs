@@ -89,6 +89,18 @@ async fn a_worker_under_real_load_tightens_the_anonymous_tier_then_relaxes() {
     assert_eq!(allowed, 5, "{last}");
     assert_eq!(last["allowed"], false);
     assert_eq!(last["reason"], "throttled", "{last}");
+    // The guarded routes say so too, in their 429.
+    let mut statuses = Vec::new();
+    let mut refusal = serde_json::Value::Null;
+    for _ in 0..7 {
+        let res = http.get(server.url("/v1/whoami")).send().await.unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            refusal = res.json().await.unwrap();
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "{refusal}");
+    assert_eq!(refusal["reason"], "throttled", "{refusal}");
     // The tier's own bucket was not touched by the throttled denials: 5 taken, 5 left.
     stop.store(true, Ordering::Relaxed);
     for t in load {
