@@ -233,6 +233,23 @@ async fn an_operator_logs_in_watches_the_fleet_puts_a_rule_in_shadow_and_flips_t
     })
     .await;
     shot(&b, "dashboard").await;
+    // On a phone's width: one column, nothing wider than the screen but the tables,
+    // which scroll inside their panels.
+    b.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let overflow = b
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is {overflow} px wider than a phone"
+    );
+    shot(&b, "phone").await;
+    b.set_window_size(1280, 1700).await.unwrap();
     let source = b.source().await.unwrap();
     for id in raw {
         assert!(!source.contains(id), "{id} shown in the page");
