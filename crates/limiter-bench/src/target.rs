@@ -62,20 +62,12 @@ pub(crate) async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimi
     };
     let limiter: Arc<dyn RateLimiter> = match args.backend {
         BackendKind::Http => {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .pool_max_idle_per_host(args.concurrency)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?;
+            let http = http_client(args)?;
             let key = args.api_key.as_deref().map(Arc::from);
             return Ok((Target::Http(http, args.urls.clone().into(), key), None));
         }
         BackendKind::Check => {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .pool_max_idle_per_host(args.concurrency)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?;
+            let http = http_client(args)?;
             let urls: Vec<String> = args
                 .urls
                 .iter()
@@ -126,6 +118,15 @@ pub(crate) async fn target(args: &Args) -> Result<(Target, Option<Arc<MemoryLimi
         }
     };
     Ok((Target::Limiter(limiter, policy()?), None))
+}
+
+/// One keep-alive connection per task, each request bounded.
+fn http_client(args: &Args) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .map_err(|e| format!("http client: {e}"))
 }
 
 impl Target {

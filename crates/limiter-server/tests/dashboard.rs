@@ -97,19 +97,6 @@ async fn text(browser: &Client, css: &str) -> String {
         .unwrap()
 }
 
-/// Waits until `check` holds in the page, up to `within`.
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_logs_in_watches_the_fleet_puts_a_rule_in_shadow_and_flips_the_kill_switch() {
     let redis = TestRedis::start().await;

@@ -510,14 +510,6 @@ struct Load {
     stop: std::sync::atomic::AtomicBool,
 }
 
-async fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < within, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_reloads_under_load_and_a_broken_file_keeps_the_old_one() {
     let redis = TestRedis::start().await;
@@ -533,9 +525,11 @@ async fn the_config_reloads_under_load_and_a_broken_file_keeps_the_old_one() {
     let server = rls_worker(&url, &file, &[]);
     ready(&client(), &server).await;
     let (state, task) = load(server.grpc_addr(), "api", &[("tenant", "t-2")]);
-    wait_for("the first limit denies", Duration::from_secs(10), || {
-        state.over.load(Ordering::Relaxed) > 0
-    })
+    until(
+        "the first limit denies",
+        Duration::from_secs(10),
+        async || state.over.load(Ordering::Relaxed) > 0,
+    )
     .await;
     assert_eq!(state.limit.load(Ordering::Relaxed), 5);
 
@@ -544,14 +538,14 @@ async fn the_config_reloads_under_load_and_a_broken_file_keeps_the_old_one() {
     let tmp = dir.path().join(".api.yaml.tmp");
     std::fs::write(&tmp, limit(100_000)).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    wait_for("the new limit", Duration::from_secs(5), || {
+    until("the new limit", Duration::from_secs(5), async || {
         state.limit.load(Ordering::Relaxed) == 100_000
     })
     .await;
     eprintln!("new limit in force after {:?}", changed.elapsed());
     let over = state.over.load(Ordering::Relaxed);
     let answers = state.answers.load(Ordering::Relaxed);
-    wait_for("more answers", Duration::from_secs(5), || {
+    until("more answers", Duration::from_secs(5), async || {
         state.answers.load(Ordering::Relaxed) > answers + 50
     })
     .await;
@@ -563,12 +557,12 @@ async fn the_config_reloads_under_load_and_a_broken_file_keeps_the_old_one() {
 
     // A broken file, written in place: refused, logged, the limit in force stays.
     std::fs::write(&file, "domain: api\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n").unwrap();
-    wait_for("the refusal logged", Duration::from_secs(5), || {
+    until("the refusal logged", Duration::from_secs(5), async || {
         server.logs().contains("rate limit service config refused")
     })
     .await;
     let answers = state.answers.load(Ordering::Relaxed);
-    wait_for("more answers", Duration::from_secs(5), || {
+    until("more answers", Duration::from_secs(5), async || {
         state.answers.load(Ordering::Relaxed) > answers + 50
     })
     .await;

@@ -51,14 +51,6 @@ async fn listed(http: &reqwest::Client, server: &Server) -> Vec<Value> {
     body["workers"].as_array().unwrap().clone()
 }
 
-async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_workers_are_listed_and_a_stopped_one_leaves_within_its_ttl() {
     let redis = TestRedis::start().await;

@@ -19,6 +19,24 @@ async fn throttle_state(http: &reqwest::Client, server: &Server) -> serde_json::
     body["components"]["throttle"].clone()
 }
 
+/// Readiness's throttle state once its `active` is `active`, failing as `what` after
+/// `within`.
+async fn until_throttling(
+    http: &reqwest::Client,
+    server: &Server,
+    active: bool,
+    within: Duration,
+    what: &str,
+) -> serde_json::Value {
+    let mut state = serde_json::Value::Null;
+    until(what, within, async || {
+        state = throttle_state(http, server).await;
+        state["active"] == active
+    })
+    .await;
+    state
+}
+
 /// `n` checks for a fresh client: how many were allowed, and the last answer.
 async fn admitted(
     http: &reqwest::Client,
@@ -72,18 +90,15 @@ async fn a_worker_under_real_load_tightens_the_anonymous_tier_then_relaxes() {
         })
         .collect();
     let started = Instant::now();
-    loop {
-        let state = throttle_state(&http, &server).await;
-        if state["active"] == true {
-            eprintln!("throttling on after {:?}: {state}", started.elapsed());
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never throttled: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let state = until_throttling(
+        &http,
+        &server,
+        true,
+        Duration::from_secs(30),
+        "never throttled",
+    )
+    .await;
+    eprintln!("throttling on after {:?}: {state}", started.elapsed());
     // Exactly half the limit while throttling, and the denials say why.
     let (allowed, last) = admitted(&http, &server, "busy-1", 8).await;
     assert_eq!(allowed, 5, "{last}");
@@ -108,21 +123,18 @@ async fn a_worker_under_real_load_tightens_the_anonymous_tier_then_relaxes() {
     }
 
     let stopped = Instant::now();
-    loop {
-        let state = throttle_state(&http, &server).await;
-        if state["active"] == false {
-            eprintln!(
-                "throttling off {:?} after the load stopped",
-                stopped.elapsed()
-            );
-            break;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(30),
-            "never relaxed: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_throttling(
+        &http,
+        &server,
+        false,
+        Duration::from_secs(30),
+        "never relaxed",
+    )
+    .await;
+    eprintln!(
+        "throttling off {:?} after the load stopped",
+        stopped.elapsed()
+    );
     assert_eq!(
         admitted(&http, &server, "quiet-2", 12).await.0,
         10,
@@ -225,37 +237,31 @@ async fn slow_redis_answers_turn_throttling_on_and_fast_ones_off() {
         })
     };
     let started = Instant::now();
-    loop {
-        let state = throttle_state(&http, &server).await;
-        if state["active"] == true {
-            eprintln!("throttling on after {:?}: {state}", started.elapsed());
-            assert!(state["redis_p99_ms"].as_f64().unwrap() > 30.0, "{state}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "never throttled: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let state = until_throttling(
+        &http,
+        &server,
+        true,
+        Duration::from_secs(20),
+        "never throttled",
+    )
+    .await;
+    eprintln!("throttling on after {:?}: {state}", started.elapsed());
+    assert!(state["redis_p99_ms"].as_f64().unwrap() > 30.0, "{state}");
     busy.store(false, Ordering::Relaxed);
     blocker.await.unwrap();
     let quick = Instant::now();
-    loop {
-        let state = throttle_state(&http, &server).await;
-        if state["active"] == false {
-            eprintln!(
-                "throttling off {:?} after Redis was quick again: {state}",
-                quick.elapsed()
-            );
-            break;
-        }
-        assert!(
-            quick.elapsed() < Duration::from_secs(20),
-            "never relaxed: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let state = until_throttling(
+        &http,
+        &server,
+        false,
+        Duration::from_secs(20),
+        "never relaxed",
+    )
+    .await;
+    eprintln!(
+        "throttling off {:?} after Redis was quick again: {state}",
+        quick.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.unwrap();

@@ -26,11 +26,10 @@ mod members;
 pub(crate) mod records;
 mod redis_store;
 
-use limiter_redis::RedisConnection;
 pub(crate) use members::Member;
 use members::Members;
 pub(crate) use records::{Counts, Records, Violation, now_ms};
-use redis_store::{CHANNEL, RedisFleet, stats_key};
+use redis_store::{CHANNEL, RedisFleet, stats_key, unavailable};
 
 /// How often a worker asks Redis for the rules' version, whatever notifications say.
 const POLL: Duration = Duration::from_millis(500);
@@ -419,10 +418,7 @@ impl Fleet {
             let me = self.me();
             let beat = within(async {
                 let mut conn = redis.connection().await?;
-                self.members
-                    .beat(&mut conn, &me)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(RedisConnection::error(e).to_string()))
+                self.members.beat(&mut conn, &me).await.map_err(unavailable)
             });
             match beat.await {
                 // Only while Redis decides: a share changed during an outage would start
@@ -469,10 +465,7 @@ impl Fleet {
             Some(redis) => {
                 within(async {
                     let mut conn = redis.connection().await?;
-                    self.members
-                        .list(&mut conn)
-                        .await
-                        .map_err(|e| StoreError::Unavailable(RedisConnection::error(e).to_string()))
+                    self.members.list(&mut conn).await.map_err(unavailable)
                 })
                 .await
             }

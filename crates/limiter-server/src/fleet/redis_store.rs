@@ -45,7 +45,8 @@ impl std::fmt::Debug for RedisFleet {
     }
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+/// A Redis error as the store reports it: unavailable, classified.
+pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(RedisConnection::error(e).to_string())
 }
 

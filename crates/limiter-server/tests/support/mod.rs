@@ -284,6 +284,15 @@ where
     }
 }
 
+/// Waits until `check` holds, looking every 50 ms; fails naming `what` after `within`.
+pub async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The admin token the rules tests configure.
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
